@@ -1,0 +1,33 @@
+# The two commands: `make serve` and `make test`. Both create the virtual
+# environment when it is missing and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.whitebox-installed
+
+.PHONY: serve test install bench train clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# zennit 1.0.0 (a test reference) declares Python >= 3.11.11 but is pure Python
+	$(PY) -m pip install -q --no-deps --ignore-requires-python zennit==1.0.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/whitebox serve
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+train: $(STAMP)
+	$(PY) -m workers.train
+
+clean:
+	rm -rf $(VENV) .whitebox-data

@@ -1,0 +1,20 @@
+"""The method catalog: the one place that names every public method, its
+family, its paper section, its parameter model and its default reduction.
+
+Each family module declares its entries with :func:`schemas.methods.base.method`;
+this package gathers them in ``CATALOG``. The gateway validates requests and
+serves ``GET /v1/methods`` from it; the worker maps the same names to
+implementations (``workers.explain.registry``) and a test checks both agree.
+"""
+from schemas.methods.base import CATALOG, MethodSpec, Params, SmoothGradModifier, method  # noqa: F401
+
+# importing the family modules fills CATALOG
+from schemas.methods import linearization, structure, perturbation  # noqa: F401,E402
+
+__all__ = ["CATALOG", "MethodSpec", "Params", "SmoothGradModifier", "method", "parse_params"]
+
+
+def parse_params(name: str, params: dict | None) -> Params:
+    """Validate ``params`` for method ``name`` (raises KeyError or pydantic ValidationError)."""
+    spec = CATALOG[name]
+    return spec.params.model_validate(params or {})

@@ -1,0 +1,148 @@
+"""The explainer interface: every method is a function ``fn(ctx) -> Attribution``
+registered under its public name (the names of ``schemas.methods.CATALOG``).
+
+``ctx.x`` is the normalised batch (N, C, H, W) on the model's device and
+``ctx.targets`` the class index per sample; the method returns its raw
+relevance at the model's input resolution. Reduction over channels, resizing
+to the client's image, normalisation and rendering are shared
+(``workers.explain.postprocess``, ``workers.render``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from schemas.methods import CATALOG, Params
+from workers.errors import Cancelled
+from workers.loading import LoadedModel
+
+
+class Progress:
+    """Reports a fraction in [0, 1] and raises :class:`Cancelled` when the job was cancelled.
+
+    Long methods call it between chunks; ``sub(a, b)`` maps a method's own [0, 1]
+    onto [a, b] of the job's progress."""
+
+    def __init__(self, report: Callable[[float], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None, lo: float = 0.0, hi: float = 1.0):
+        self._report = report
+        self._cancelled = cancelled
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, fraction: float) -> None:
+        if self._cancelled is not None and self._cancelled():
+            raise Cancelled("the job was cancelled")
+        if self._report is not None:
+            self._report(self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0))
+
+    def sub(self, a: float, b: float) -> "Progress":
+        span = self.hi - self.lo
+        return Progress(self._report, self._cancelled, self.lo + span * a, self.lo + span * b)
+
+
+NO_PROGRESS = Progress()
+
+
+@dataclass
+class Context:
+    model: LoadedModel
+    x: torch.Tensor  # (N, C, H, W) normalised input
+    targets: torch.Tensor  # (N,) long
+    params: Params
+    progress: Progress = NO_PROGRESS
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.model.module
+
+
+@dataclass
+class Attribution:
+    maps: torch.Tensor  # (N, C', H, W) at the model's input size; C' = C or 1
+    used_params: dict[str, Any] = field(default_factory=dict)  # resolved defaults (e.g. the layer)
+    meta: list[dict[str, Any]] = field(default_factory=list)  # per sample (e.g. IG completeness error)
+
+
+Explainer = Callable[[Context], Attribution]
+IMPLEMENTATIONS: dict[str, Explainer] = {}
+# model -> reason it cannot run; None when applicable. Methods that need a check register one.
+APPLICABILITY: dict[str, Callable[[LoadedModel], str | None]] = {}
+
+
+def register(name: str, applicable: Callable[[LoadedModel], str | None] | None = None):
+    if name not in CATALOG:
+        raise KeyError(f"{name!r} is not in schemas.methods.CATALOG; declare it there first")
+
+    def deco(fn: Explainer) -> Explainer:
+        if name in IMPLEMENTATIONS:
+            raise ValueError(f"{name!r} implemented twice")
+        IMPLEMENTATIONS[name] = fn
+        if applicable is not None:
+            APPLICABILITY[name] = applicable
+        return fn
+
+    return deco
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """S_c per sample: the pre-softmax score of each sample's target class."""
+    return logits.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+class LayerCapture:
+    """Forward hook that keeps a module's output (the activation A of CAM-type methods).
+
+    The kept tensor is the module's own output; the network continues on a clone,
+    so a following in-place op (VGG's ReLU(inplace=True)) cannot overwrite it
+    and the gradient w.r.t. A still flows through the clone."""
+
+    def __init__(self, module: torch.nn.Module, stop: bool = False):
+        self.module = module
+        self.stop = stop
+        self.output: torch.Tensor | None = None
+        self._handle = None
+
+    def _hook(self, mod, inp, out):
+        if self.stop:
+            self.output = out
+            raise _StopForward
+        if not torch.is_grad_enabled():
+            self.output = out
+            return out
+        if not out.requires_grad:  # frozen weights and an input without grad: start the graph here
+            out = out.detach().requires_grad_(True)
+        self.output = out
+        return out.clone()
+
+    def __enter__(self) -> "LayerCapture":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+class _StopForward(Exception):
+    pass
+
+
+def forward_to_layer(net: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the network only up to ``layer`` and return its output (no gradient needed: FEM, CAM)."""
+    with LayerCapture(layer, stop=True) as cap:
+        try:
+            net(x)
+        except _StopForward:
+            pass
+    if cap.output is None:
+        raise RuntimeError("the layer was not reached in the forward pass")
+    return cap.output
+
+
+def input_gradient(net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dS_c/dx, logits) for a batch: one forward and one plain backward."""
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
+        logits = net(xi)
+        (grad,) = torch.autograd.grad(target_scores(logits, targets).sum(), xi)
+    return grad, logits.detach()

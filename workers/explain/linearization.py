@@ -1,0 +1,1 @@
+"""Placeholder module: the linearization family registers its methods here."""

@@ -1,0 +1,1 @@
+"""Placeholder module: the perturbation family registers its methods here."""

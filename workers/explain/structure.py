@@ -1,0 +1,1 @@
+"""Placeholder module: the structure family registers its methods here."""
