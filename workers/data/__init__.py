@@ -1,0 +1,1 @@
+"""Procedural data sets for the demo model (no download needed)."""
