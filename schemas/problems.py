@@ -1,0 +1,82 @@
+"""Problem details (RFC 9457): the one error type that both the gateway and the
+worker raise, and that the gateway renders as application/problem+json."""
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM_BASE = "https://whitebox.dev/problems/"
+
+
+class Problem(Exception):
+    status = 500
+    title = "Internal error"
+    slug = "internal"
+
+    def __init__(self, detail: str, field: str | None = None, errors: list[dict] | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.errors = errors
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def problem(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        if self.errors:
+            p["errors"] = self.errors
+        elif self.field:
+            p["errors"] = [{"loc": self.field.split("."), "msg": self.detail}]
+        return p
+
+
+class ValidationProblem(Problem):
+    status, title, slug = 422, "Request validation failed", "validation"
+
+
+class ImageProblem(Problem):
+    status, title, slug = 422, "Invalid image", "invalid-image"
+
+
+class MethodProblem(Problem):
+    """The method cannot be applied as asked (unknown layer, a layer type with no rule, no GAP head...)."""
+    status, title, slug = 422, "Method not applicable", "method-not-applicable"
+
+
+class TargetProblem(Problem):
+    status, title, slug = 422, "Invalid target", "invalid-target"
+
+
+class NotFound(Problem):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class PayloadTooLarge(Problem):
+    status, title, slug = 413, "Payload too large", "payload-too-large"
+
+
+class Unauthorized(Problem):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+
+class Overloaded(Problem):
+    status, title, slug = 503, "Service overloaded", "overloaded"
+
+
+class Unavailable(Problem):
+    status, title, slug = 503, "Service unavailable", "unavailable"
+
+
+class Timeout(Problem):
+    status, title, slug = 504, "Explanation timed out", "timeout"
+
+
+class CancelledProblem(Problem):
+    status, title, slug = 409, "Job cancelled", "cancelled"
+
+
+class WorkerFailure(Problem):
+    status, title, slug = 500, "Explanation failed", "worker-failure"

@@ -1,0 +1,1 @@
+"""The Whitebox gateway: FastAPI, validation, auth, limits, backpressure. Never imports torch."""

@@ -1,0 +1,162 @@
+"""The `whitebox` command: serve (all in one), gateway, worker, explain, models, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from schemas.settings import Settings
+
+
+def cmd_gateway(args) -> int:
+    import uvicorn
+
+    s = Settings.from_env()
+    uvicorn.run("service.app:create_app", factory=True, host=args.host or s.host, port=args.port or s.port,
+                log_level=os.environ.get("WHITEBOX_LOG_LEVEL", "info").lower(), access_log=False)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from workers.worker import main
+
+    main()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Embedded Redis (unless REDIS_URL is set), one worker, the gateway; Ctrl-C/SIGTERM stops all three."""
+    from service.embedded_redis import EmbeddedRedis
+
+    s = Settings.from_env()
+    env = dict(os.environ)
+    redis = None
+    if not s.redis_url:
+        redis = EmbeddedRedis(Path(os.environ.get("WHITEBOX_DATA_DIR", ".whitebox-data")) / "redis").start()
+        env["REDIS_URL"] = redis.url
+        print(f"whitebox: embedded Redis at {redis.url}", flush=True)
+    host, port = args.host or s.host, args.port or s.port
+    env["WHITEBOX_HOST"], env["WHITEBOX_PORT"] = host, str(port)
+    procs: list[subprocess.Popen] = []
+    for _ in range(args.workers):
+        procs.append(subprocess.Popen([sys.executable, "-m", "workers"], env=env))
+    procs.append(subprocess.Popen([sys.executable, "-m", "service"], env=env))
+    print(f"whitebox: gateway on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        while not stopping:
+            for p in procs:
+                if p.poll() is not None:
+                    print(f"whitebox: process {p.args} exited with {p.returncode}; stopping", file=sys.stderr)
+                    code = p.returncode or 1
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if redis:
+            redis.stop()
+    return code
+
+
+def cmd_models(args) -> int:
+    from schemas.registry import load_registry
+
+    reg = load_registry(os.environ.get("WHITEBOX_MODELS"))
+    for m in reg.models:
+        print(f"{m.name}\t{m.architecture}\t{m.num_classes} classes\tinput {m.input.size}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    """One image from the shell, no server: writes one PNG per method (and prints the prediction)."""
+    from schemas.api import ExplainRequest
+    from schemas.images import decode_image
+    from schemas.registry import load_registry
+    from workers.loading import load_model
+    from workers.pipeline import Item, run_batch
+    import base64
+
+    s = Settings.from_env()
+    reg = load_registry(s.models_path)
+    entry = reg.get(args.model)
+    if entry is None:
+        print(f"unknown model {args.model!r}", file=sys.stderr)
+        return 2
+    data = Path(args.image).read_bytes()
+    methods = [json.loads(m) if m.startswith("{") else m for m in args.methods]
+    req = ExplainRequest.model_validate({"model": args.model, "image": base64.b64encode(data).decode(),
+                                         "methods": methods, "target": int(args.target) if args.target.isdigit()
+                                         else args.target, "outputs": [args.output]})
+    model = load_model(entry, reg)
+    item = Item(request=req.model_dump(), image=decode_image(data, s.max_image_pixels))
+    run_batch(model, [item])
+    if item.error is not None:
+        print(json.dumps(item.error.problem(), indent=2), file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = item.result["prediction"]
+    print(f"prediction: {p['label']} ({p['score']:.3f}); target: {item.result['target']['label']}")
+    for e in item.result["explanations"]:
+        f = out / f"{Path(args.image).stem}.{e['method']}.png"
+        f.write_bytes(base64.b64decode(e[args.output]))
+        print(f"{e['method']}: {f} ({e['compute_ms']:.1f} ms)")
+    return 0
+
+
+def cmd_bench(args, rest) -> int:
+    from workers.evaluation.bench import main as bench_main
+
+    return bench_main(rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="whitebox", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve", help="embedded Redis + one worker + the gateway")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p = sub.add_parser("gateway", help="the HTTP gateway (needs REDIS_URL)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    sub.add_parser("worker", help="one worker process (needs REDIS_URL)")
+    sub.add_parser("models", help="list the registry's models")
+    p = sub.add_parser("explain", help="explain one image from the shell, no server")
+    p.add_argument("image")
+    p.add_argument("--model", default="shapes-cnn")
+    p.add_argument("--methods", nargs="+", default=["saliency", "gradcam", "fem"])
+    p.add_argument("--target", default="predicted")
+    p.add_argument("--output", default="overlay_png", choices=["heatmap_png", "overlay_png", "mask_png"])
+    p.add_argument("--out", default="explanations")
+    sub.add_parser("bench", help="evaluation report (see `whitebox bench --help`)", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":
+        return cmd_bench(None, argv[1:])
+    args = ap.parse_args(argv)
+    return {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "models": cmd_models,
+            "explain": cmd_explain}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
