@@ -1,0 +1,84 @@
+"""§6 Eq. 27: the two-generator explainer of Charachon et al., R(x) = |g_s(x) - g_a(x)|.
+
+g_s (similar) reproduces x with the classifier's decision kept, g_a (adversarial) with the
+decision flipped; both are trained against one fixed binary classifier
+(``python -m workers.generators.train``). The method is applicable only to a model whose
+generators exist: ``generators-<model name>.safetensors`` in workers/weights/ (or the path
+in an optional ``generators`` registry field), trained for exactly these classifier
+weights (a parameter hash in the file's metadata)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from workers.explain.base import Attribution, Context, register
+from workers.loading import LoadedModel
+
+_CACHE: dict[tuple[int, str], tuple] = {}
+
+
+def _path(model: LoadedModel) -> Path:
+    from workers.generators.model import WEIGHTS_DIR, generators_path
+
+    explicit = getattr(model.entry, "generators", None)
+    if explicit:
+        p = Path(explicit)
+        return p if p.is_absolute() else (WEIGHTS_DIR / p if not p.exists() else p)
+    return generators_path(model.name)
+
+
+def _load(model: LoadedModel):
+    """(pair, meta) or (None, reason)."""
+    path = _path(model)
+    key = (id(model.module), str(path))
+    if key in _CACHE:
+        return _CACHE[key]
+    from workers.generators.model import fingerprint, load_generators
+
+    if model.num_classes != 2:
+        res = (None, f"needs a binary classifier (model has {model.num_classes} classes)")
+    elif not path.exists():
+        res = (None, f"no trained generators for this model ({path.name} not found; "
+                     "train them with `python -m workers.generators.train`)")
+    else:
+        pair, meta = load_generators(path)
+        fp = fingerprint(model.module)
+        if meta.get("classifier_sha256") != fp:
+            res = (None, f"{path.name} was trained for other classifier weights (parameter hash mismatch)")
+        elif int(meta.get("channels", 3)) != model.channels:
+            res = (None, f"{path.name} is for {meta.get('channels')}-channel inputs")
+        else:
+            res = (pair.to(model.device), meta)
+    _CACHE[key] = res
+    return res
+
+
+def applicable(model: LoadedModel) -> str | None:
+    pair, why = _load(model)
+    return None if pair is not None else why
+
+
+@register("adversarial_generators", applicable=applicable)
+def adversarial_generators(ctx: Context) -> Attribution:
+    pair, meta = _load(ctx.model)
+    if pair is None:  # attribute() checks first; direct callers get the reason too
+        from workers.errors import MethodError
+
+        raise MethodError(f"adversarial_generators: {meta}")
+    lo, hi = ctx.model.input_bounds()
+    x = ctx.x.detach()
+    ctx.progress(0.0)
+    with torch.no_grad():
+        gs, ga = pair(x, lo.to(x.dtype), hi.to(x.dtype))
+        l0, ls, la = ctx.net(x), ctx.net(gs), ctx.net(ga)
+    rel = (gs - ga).abs()
+    pred = l0.argmax(1)
+    out = []
+    for i in range(x.shape[0]):
+        out.append({"decision": int(pred[i]), "similar_decision": int(ls[i].argmax()),
+                    "adversarial_decision": int(la[i].argmax()),
+                    "similar_keeps": bool(int(ls[i].argmax()) == int(pred[i])),
+                    "adversarial_flips": bool(int(la[i].argmax()) != int(pred[i]))})
+    ctx.progress(1.0)
+    return Attribution(rel, used_params={"generators": _path(ctx.model).name}, meta=out)

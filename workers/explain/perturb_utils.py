@@ -1,0 +1,79 @@
+"""Helpers shared by the perturbation methods: fills on the pixel scale, Gaussian blur,
+batch sizes for many perturbed copies, seeds."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from workers.loading import LoadedModel
+
+# elements (C*H*W) of perturbed images per forward pass: many small copies or a few large ones
+ELEMENTS_PER_FORWARD = 1 << 22
+
+
+def batch_for(x: torch.Tensor, cap: int = 256) -> int:
+    """How many perturbed copies of one (C, H, W) image go through the net in one forward pass."""
+    per = max(int(x[0].numel()), 1)
+    return max(1, min(cap, ELEMENTS_PER_FORWARD // per))
+
+
+def seed_of(seed: int | None) -> int:
+    return 0 if seed is None else int(seed)
+
+
+def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed_of(seed))
+    return g
+
+
+def pixel_to_norm(model: LoadedModel, value: float) -> torch.Tensor:
+    """A constant on the [0,1] pixel scale as a (1, C, 1, 1) normalised value."""
+    m, s = model.mean_std()
+    return (value - m) / s
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W), reflect padding (kernel cut at 3 sigma)."""
+    if sigma <= 0:
+        return x
+    h, w = x.shape[-2:]
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    out = x
+    for dim, size in ((3, w), (2, h)):
+        r = min(radius, size - 1)
+        kk = k[radius - r: radius + r + 1]
+        kk = kk / kk.sum()
+        if r == 0:
+            continue
+        if dim == 3:
+            out = F.pad(out, (r, r, 0, 0), mode="reflect")
+            out = F.conv2d(out, kk.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        else:
+            out = F.pad(out, (0, 0, r, r), mode="reflect")
+            out = F.conv2d(out, kk.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out
+
+
+def fill_image(model: LoadedModel, x: torch.Tensor, fill: str, blur_sigma: float | None = None) -> torch.Tensor:
+    """The image (N, C, H, W) every hidden pixel is taken from, in the normalised input space."""
+    if fill == "gray":
+        return pixel_to_norm(model, 0.5).to(x.dtype).expand_as(x).clone()
+    if fill == "black":
+        return pixel_to_norm(model, 0.0).to(x.dtype).expand_as(x).clone()
+    if fill == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
+    if fill == "blur":
+        return gaussian_blur(x, float(blur_sigma))
+    raise ValueError(f"unknown fill {fill!r}")
+
+
+def clamp_box(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    lo, hi = model.input_bounds()
+    return torch.max(torch.min(x, hi.to(x.dtype)), lo.to(x.dtype))
