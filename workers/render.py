@@ -9,12 +9,16 @@ import numpy as np
 from PIL import Image
 
 
+# 'jet' as MATLAB and matplotlib define it: piecewise-linear R, G, B through these knots
+_JET_KNOTS = (
+    ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
+    ((0.0, 0.125, 0.375, 0.64, 0.91, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)),
+    ((0.0, 0.11, 0.34, 0.65, 1.0), (0.5, 1.0, 1.0, 0.0, 0.0)),
+)
+
+
 def _jet(v: np.ndarray) -> np.ndarray:
-    # MATLAB/matplotlib 'jet': piecewise-linear ramps of R, G, B over [0, 1]
-    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
-    return np.stack([r, g, b], axis=-1)
+    return np.stack([np.interp(v, xs, ys) for xs, ys in _JET_KNOTS], axis=-1)
 
 
 def _hot(v: np.ndarray) -> np.ndarray:

@@ -1,0 +1,48 @@
+"""Shared test helpers: seeded torchvision models wrapped as registry models, images."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from schemas.registry import ModelEntry, load_registry
+from workers.loading import LoadedModel, load_model
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def seeded_torchvision(arch: str, size: int = 64, seed: int = 0, num_classes: int = 10) -> LoadedModel:
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    entry = ModelEntry(name=arch, architecture=f"torchvision.{arch}", num_classes=num_classes,
+                       input={"size": [size, size], **IMAGENET})
+    return load_model(entry, module=net)
+
+
+def demo_model() -> LoadedModel:
+    reg = load_registry()
+    return load_model(reg.get("shapes-cnn"), reg)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_b64(arr: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(arr)).decode()
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| as a fraction of b's range (the issues' agreement measure)."""
+    rng = float(b.max() - b.min())
+    return float((a - b).abs().max()) / (rng if rng > 0 else 1.0)
