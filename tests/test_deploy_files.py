@@ -1,0 +1,43 @@
+"""docker-compose.yml and k8s/ are validated offline (no Docker engine here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def test_compose_wires_redis_gateway_and_worker():
+    c = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    s = c["services"]
+    assert set(s) == {"redis", "gateway", "worker"}
+    for name in ("gateway", "worker"):
+        assert s[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert s[name]["command"] == ["whitebox", name]
+        assert s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert (ROOT / "Dockerfile").exists()
+
+
+def test_k8s_manifests_are_consistent():
+    docs = [d for d in yaml.safe_load_all((ROOT / "k8s" / "whitebox.yaml").read_text()) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("Deployment", "whitebox-gateway") in kinds and ("Deployment", "whitebox-worker") in kinds
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert d["spec"]["selector"]["matchLabels"] == labels
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("livenessProbe", "readinessProbe"):
+            if probe in c and "httpGet" in c[probe]:
+                port = c[probe]["httpGet"]["port"]
+                assert port in [p.get("name") for p in c["ports"]] + [p["containerPort"] for p in c["ports"]]
+    gw = next(d for d in docs if d["metadata"]["name"] == "whitebox-gateway")
+    c = gw["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert services["whitebox"]["spec"]["selector"] == {"app": "whitebox-gateway"}
+    cfg = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert cfg["data"]["REDIS_URL"].startswith("redis://whitebox-redis:")
