@@ -1,1 +1,185 @@
-"""Placeholder module: the linearization family registers its methods here."""
+"""The linearization family (§4): DeconvNet, guided backpropagation, guided
+Grad-CAM and CAM here; integrated gradients in :mod:`workers.explain.integrated`,
+SmoothGrad in :mod:`workers.explain.smooth`, the per-call rectifier rules in
+:mod:`workers.explain.relu_rules`; saliency and Grad-CAM in
+:mod:`workers.explain.gradients`."""
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn as nn
+
+from workers.errors import MethodError
+from workers.explain import integrated, smooth  # noqa: F401  (register their methods)
+from workers.explain.base import Attribution, Context, register, target_scores
+from workers.explain.gradients import gradcam_at, upsample
+from workers.explain.relu_rules import rectifier_mode
+from workers.loading import LoadedModel
+
+
+def rule_gradient(ctx: Context, guided: bool) -> torch.Tensor:
+    """dS_c/dx with every rectifier call's backward replaced (guided backprop or DeconvNet)."""
+    with torch.enable_grad():
+        xi = ctx.x.detach().requires_grad_(True)
+        with rectifier_mode(guided):
+            logits = ctx.net(xi)
+        (grad,) = torch.autograd.grad(target_scores(logits, ctx.targets).sum(), xi)
+    return grad
+
+
+@register("deconvnet")
+def deconvnet(ctx: Context) -> Attribution:
+    return Attribution(rule_gradient(ctx, guided=False))
+
+
+@register("guided_backprop")
+def guided_backprop(ctx: Context) -> Attribution:
+    return Attribution(rule_gradient(ctx, guided=True))
+
+
+@register("guided_gradcam")
+def guided_gradcam(ctx: Context) -> Attribution:
+    """§4.6.1: guided backprop (N, C, H, W) times Grad-CAM (Eq. 10) upsampled bilinearly."""
+    layer = ctx.model.resolve_layer(ctx.params.layer, "guided_gradcam")
+    gb = rule_gradient(ctx, guided=True)
+    cam = upsample(gradcam_at(ctx, layer), ctx.x.shape[-2:])
+    return Attribution(gb * cam, used_params={"layer": layer})
+
+
+# ---- CAM ---------------------------------------------------------------------------------
+
+class _Head:
+    """What the check found: per layer, the reason CAM cannot use it (None: it can)."""
+
+    def __init__(self, linear: nn.Linear | None, linear_name: str | None, reasons: dict[str, str | None]):
+        self.linear, self.linear_name, self.reasons = linear, linear_name, reasons
+
+
+_HEADS: "weakref.WeakKeyDictionary[nn.Module, _Head]" = weakref.WeakKeyDictionary()
+
+
+def _capture_last(store: dict, name: str):
+    def hook(mod, inp, out):
+        if isinstance(out, torch.Tensor):
+            store[name] = out.detach().clone()  # clone: a later in-place op must not change it
+    return hook
+
+
+def find_gap_linear_head(model: LoadedModel) -> _Head:
+    """Run the network once on seeded random input and find, for every feature-map layer,
+    whether the model's output is ``Linear(GAP(layer output))``: the last ``nn.Linear``
+    called produces the logits and its input equals the spatial mean of the layer's output
+    (last call of the module), so nothing but flatten/view/identity lies between them."""
+    net = model.module
+    head = _HEADS.get(net)
+    if head is not None:
+        return head
+    acts: dict[str, torch.Tensor] = {}
+    lin_calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []
+    handles = []
+    for name in model.layers:
+        handles.append(net.get_submodule(name).register_forward_hook(_capture_last(acts, name)))
+    for name, mod in net.named_modules():
+        if isinstance(mod, nn.Linear):
+            def hook(m, inp, out, name=name):
+                lin_calls.append((name, m, inp[0].detach().clone(), out.detach()))
+            handles.append(mod.register_forward_hook(hook))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, model.channels, *model.input_size), generator=g).to(model.device)
+    try:
+        with torch.inference_mode():
+            logits = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    reasons: dict[str, str | None] = {}
+    if not lin_calls:
+        head = _Head(None, None, {n: "the model has no nn.Linear classifier" for n in model.layers})
+        _HEADS[net] = head
+        return head
+    lname, lin, lin_in, lin_out = lin_calls[-1]
+    if lin_out.shape != logits.shape or not torch.allclose(lin_out, logits, rtol=1e-5, atol=1e-6):
+        head = _Head(None, lname, {n: f"the logits are not the output of the last Linear layer {lname!r}"
+                                   for n in model.layers})
+        _HEADS[net] = head
+        return head
+    for name in model.layers:
+        a = acts.get(name)
+        if a is None or a.dim() != 4:
+            reasons[name] = f"layer {name!r} was not reached in the forward pass"
+            continue
+        gap = a.float().mean(dim=(2, 3))
+        if lin_in.dim() != 2 or lin_in.shape != gap.shape:
+            reasons[name] = (f"the last Linear layer {lname!r} takes {tuple(lin_in.shape[1:])} features, not the "
+                             f"global average pool of {name!r} ({a.shape[1]} channels of {a.shape[2]}x{a.shape[3]})")
+            continue
+        scale = float(gap.abs().max()) or 1.0
+        if not torch.allclose(lin_in.float(), gap, rtol=1e-4, atol=1e-5 * scale):
+            reasons[name] = (f"the input of the last Linear layer {lname!r} is not the global average pool of "
+                             f"{name!r}'s output (another operation lies between them)")
+            continue
+        reasons[name] = None
+    head = _Head(lin, lname, reasons)
+    _HEADS[net] = head
+    return head
+
+
+def cam_layer(model: LoadedModel, layer: str | None) -> str:
+    """The layer CAM uses: the one asked for (it must feed the head), else the model's
+    default layer, else the last layer whose GAP feeds the head. Raises MethodError."""
+    head = find_gap_linear_head(model)
+    if layer is not None:
+        name = model.resolve_layer(layer, "cam")
+        reason = head.reasons.get(name)
+        if reason:
+            raise MethodError(f"cam needs a global-average-pool -> linear head on layer {name!r}: {reason}",
+                              field="layer")
+        return name
+    default = model.entry.target_layer or model.default_layer
+    if default is not None and head.reasons.get(default) is None and default in head.reasons:
+        return default
+    ok = [n for n, r in head.reasons.items() if r is None]
+    if ok:
+        return ok[-1]
+    if default is None:
+        raise MethodError(f"cam needs a convolutional layer and model {model.name!r} has none")
+    raise MethodError(f"cam needs a global-average-pool -> linear head: {head.reasons.get(default)}")
+
+
+def cam_applicable(model: LoadedModel) -> str | None:
+    try:
+        cam_layer(model, None)
+    except MethodError as e:
+        return e.detail
+    return None
+
+
+def cam_at(ctx: Context, layer: str) -> torch.Tensor:
+    """sum_k w_{c,k} A_k at the layer's resolution (N, 1, h, w), signed (Zhou et al., no ReLU)."""
+    lin = find_gap_linear_head(ctx.model).linear
+    acts: dict[str, torch.Tensor] = {}
+    with torch.inference_mode(), _Hook(ctx.model.module_at(layer), acts, layer):
+        ctx.net(ctx.x)
+    a = acts[layer]
+    w = lin.weight[ctx.targets].to(a.dtype)  # (N, K)
+    return torch.einsum("nk,nkhw->nhw", w, a).unsqueeze(1)
+
+
+class _Hook:
+    def __init__(self, module: nn.Module, store: dict, name: str):
+        self.module, self.store, self.name = module, store, name
+
+    def __enter__(self):
+        self.h = self.module.register_forward_hook(_capture_last(self.store, self.name))
+        return self
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+
+@register("cam", applicable=cam_applicable)
+def cam(ctx: Context) -> Attribution:
+    layer = cam_layer(ctx.model, ctx.params.layer)
+    m = upsample(cam_at(ctx, layer), ctx.x.shape[-2:])
+    return Attribution(m.clone(), used_params={"layer": layer})

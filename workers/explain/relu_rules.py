@@ -1,0 +1,130 @@
+"""Per-call rectifier rules for DeconvNet (§4.1) and guided backpropagation (§4.3).
+
+Each rule is a ``torch.autograd.Function`` handed every *call* of a rectifier
+by the engine's :class:`~workers.explain.engine.RuleMode` (so a ReLU module
+called twice, an in-place ReLU and a functional ``F.relu`` each get it once per
+call). The forward value is the function's own; only the backward changes:
+
+=================  ===============================================
+plain gradient     g_in = f'(x) * g
+DeconvNet          g_in = max(g, 0)             (forward ignored)
+guided backprop    g_in = f'(x) * max(g, 0)     (forward mask AND positive signal)
+=================  ===============================================
+
+For ReLU f'(x) = 1[x > 0]. ReLU6 (``F.relu6``, ``F.hardtanh`` with
+``min_val=0`` as ``nn.ReLU6`` calls it) and LeakyReLU are treated as the same
+kind of rectifier with their own f' (1[0 < x < max]; 1 or the slope).
+Everything else (ELU, GELU, SiLU, Hardswish, clamp, ``hardtanh`` with a
+non-zero lower bound...) is not intercepted and passes the plain gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from workers.explain.engine import FUNCTION_KINDS, Rule, RuleMode, finish_inplace, register_kind
+
+register_kind("relu6", {F.relu6: False, F.hardtanh: False, F.hardtanh_: True})
+register_kind("leaky_relu", {F.leaky_relu: False, F.leaky_relu_: True})
+
+RECTIFIER_KINDS = ("relu", "relu6", "leaky_relu")
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default):
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
+class _Rectifier:
+    """One parsed rectifier call: its input, in-place flag, forward and derivative."""
+
+    __slots__ = ("x", "inplace", "kind", "param")
+
+    def __init__(self, x: torch.Tensor, inplace: bool, kind: str, param: float):
+        self.x, self.inplace, self.kind, self.param = x, inplace, kind, param
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "relu":
+            return torch.relu(x)
+        if self.kind == "relu6":
+            return torch.clamp(x, 0.0, self.param)
+        return F.leaky_relu(x, self.param)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """f'(x) as autograd computes it (0 at the kinks)."""
+        if self.kind == "relu":
+            return x > 0
+        if self.kind == "relu6":
+            return (x > 0) & (x < self.param)
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.param))
+
+
+def parse_rectifier(func: Callable, args: tuple, kwargs: dict) -> _Rectifier | None:
+    """The rectifier a call computes, or None when the call is not one (hardtanh with min_val != 0)."""
+    x = args[0] if args else kwargs["input"]
+    if func in FUNCTION_KINDS["relu"]:
+        inplace = FUNCTION_KINDS["relu"][func] or bool(_arg(args, kwargs, 1, "inplace", False))
+        return _Rectifier(x, inplace, "relu", 0.0)
+    if func is F.relu6:
+        return _Rectifier(x, bool(_arg(args, kwargs, 1, "inplace", False)), "relu6", 6.0)
+    if func is F.hardtanh or func is F.hardtanh_:
+        lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
+        hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
+        if lo != 0.0 or hi <= 0.0:
+            return None
+        inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
+        return _Rectifier(x, inplace, "relu6", hi)
+    if func is F.leaky_relu or func is F.leaky_relu_:
+        slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+        inplace = func is F.leaky_relu_ or bool(_arg(args, kwargs, 2, "inplace", False))
+        return _Rectifier(x, inplace, "leaky_relu", slope)
+    return None
+
+
+class _RectifiedBackward(torch.autograd.Function):
+    """Forward: the rectifier itself. Backward: max(g, 0), times f'(x) when guided.
+
+    Only the (boolean where possible) derivative is saved, never ``x``: an
+    in-place caller overwrites ``x`` right after this call."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rect: _Rectifier, guided: bool) -> torch.Tensor:
+        ctx.guided = guided
+        if guided:
+            ctx.save_for_backward(rect.derivative(x))
+        return rect.forward(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        g = g.clamp(min=0)
+        if ctx.guided:
+            (d,) = ctx.saved_tensors
+            g = g * d.to(g.dtype)
+        return g, None, None
+
+
+class RectifierRule(Rule):
+    """The engine rule for one of the two modified backward passes."""
+
+    def __init__(self, guided: bool):
+        self.guided = guided
+
+    def call(self, func: Callable, args: tuple, kwargs: dict, index: int):
+        rect = parse_rectifier(func, args, kwargs)
+        if rect is None:
+            return func(*args, **kwargs)
+        x = rect.x
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            out = rect.forward(x)
+        else:
+            out = _RectifiedBackward.apply(x, rect, self.guided)
+        return finish_inplace(x, out, rect.inplace)
+
+
+def rectifier_mode(guided: bool) -> RuleMode:
+    """A RuleMode applying the guided (True) or DeconvNet (False) rule to every rectifier call."""
+    rule = RectifierRule(guided)
+    return RuleMode({kind: rule for kind in RECTIFIER_KINDS})
