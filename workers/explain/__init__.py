@@ -47,7 +47,12 @@ def attribute(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor | int, 
         targets = torch.full((x.shape[0],), targets, dtype=torch.long, device=x.device)
     ctx = Context(model=model, x=x.to(model.device), targets=targets.to(model.device), params=params,
                   progress=progress)
-    att = IMPLEMENTATIONS[method](ctx)
+    if spec.gradient_based and getattr(params, "smoothgrad", None) is not None:
+        from workers.explain.smooth import apply_modifier  # SmoothGrad (§4.5) over any gradient method
+
+        att = apply_modifier(ctx, method)
+    else:
+        att = IMPLEMENTATIONS[method](ctx)
     if att.maps.dim() != 4 or att.maps.shape[0] != x.shape[0] or tuple(att.maps.shape[-2:]) != tuple(x.shape[-2:]):
         raise RuntimeError(f"{method} returned maps of shape {tuple(att.maps.shape)} for input {tuple(x.shape)}")
     return att
