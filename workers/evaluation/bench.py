@@ -1,0 +1,438 @@
+"""The benchmark command (``whitebox bench``): every explanation method on one model and a set of
+images, scored with the evaluation metrics, written as a report folder.
+
+    python -m workers.evaluation.bench --model shapes-cnn --images generated --n 8 --out reports/shapes
+    python -m workers.evaluation.bench --model clever-hans-cnn --images clever-hans --n 8 --out reports/ch
+
+``--images``: ``generated`` (the shapes data set, ``workers/data/shapes.py``; its object masks are the
+ground truth), ``clever-hans`` (the same with the Clever-Hans watermark; the object masks are the
+ground truth and the relevance mass on the watermark is reported beside it) or a folder of PNG/JPEG
+images (ground-truth masks, if any, in ``DIR/masks/<stem>.png``). Methods default to every method of
+``workers.explain.IMPLEMENTATIONS`` that applies to the model; the explainers run in-process.
+
+The folder gets ``report.md`` (method x metric table, mean ± sd over the images, time per image),
+``results.json`` (every per-image value), ``maps.png`` (the survey's Fig. 9 layout: the image, then
+each method's map over it in the jet colour map with a colour bar), ``metrics.png`` (one panel per
+metric: mean ± sd per method) and, with ``model_randomisation``, ``sanity.png`` (the cascading
+randomisation curves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from schemas.metrics import METRICS
+from schemas.registry import Registry, load_registry
+from workers.errors import ExplainError
+from workers.evaluation import metrics as M
+from workers.evaluation.common import map_fn, to_numpy
+from workers.evaluation.evaluate import _clean, evaluate_method, ground_truth_mask
+from workers.evaluation.sanity import cascading_randomisation
+from workers.explain.base import Progress
+from workers.loading import LoadedModel, load_model
+
+FAMILY_ORDER = ("localisation", "similarity", "complexity", "faithfulness", "robustness", "sanity", "cost")
+FAMILY_TITLES = {"localisation": "Localisation (vs the ground-truth mask)", "similarity": "Similarity to the ground truth",
+                 "complexity": "Complexity", "faithfulness": "Faithfulness", "robustness": "Robustness",
+                 "sanity": "Sanity (cascading model-parameter randomisation)", "cost": "Cost"}
+REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
+
+DEFAULT_METRICS = ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "iou_gt", "sparseness",
+                   "deletion_auc", "insertion_auc", "faithfulness_correlation", "robustness_fgsm", "max_sensitivity",
+                   "model_randomisation", "time_ms")
+# cheaper settings than the API defaults, so that a bench over every method runs in minutes on a CPU
+BENCH_METRIC_PARAMS = {"max_sensitivity": {"samples": 5}, "faithfulness_correlation": {"runs": 50}}
+
+
+# ---- model and images ---------------------------------------------------------------------------
+def find_model(name: str, registry: str | None = None) -> tuple[Registry, int]:
+    """The registry holding model ``name``: ``registry`` if given, else the default one, else any
+    ``workers/registry/*.yaml``."""
+    paths = [Path(registry)] if registry else [None] + sorted(REGISTRY_DIR.glob("*.yaml"))
+    for p in paths:
+        reg = load_registry(p)
+        for i, m in enumerate(reg.models):
+            if m.name == name:
+                return reg, i
+    raise SystemExit(f"model {name!r} not found in {registry or 'the bundled registries'}")
+
+
+def load_images(spec: str, n: int, seed: int) -> dict:
+    """{"images": [PIL], "names": [...], "labels": array | None, "masks": [bool array | None],
+    "extra_masks": {name: [bool array]}} at the images' own size."""
+    if spec in ("generated", "clever-hans"):
+        if spec == "generated":
+            from workers.data.shapes import generate
+
+            imgs, labels, masks = generate(n, seed)
+            extra = {}
+        else:
+            from workers.evaluation.clever_hans import data
+
+            imgs, labels, masks, wm = data(n, seed, "watermark")
+            extra = {"watermark": list(wm)}
+        return {"images": [Image.fromarray(a) for a in imgs], "names": [f"{spec}-{seed}-{i}" for i in range(n)],
+                "labels": labels, "masks": list(masks), "extra_masks": extra}
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise SystemExit(f"--images {spec!r}: not 'generated', 'clever-hans' or a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:n]
+    if not files:
+        raise SystemExit(f"no PNG/JPEG images in {folder}")
+    masks = []
+    for f in files:
+        mp = folder / "masks" / (f.stem + ".png")
+        masks.append(np.asarray(Image.open(mp).convert("L")) > 0 if mp.exists() else None)
+    return {"images": [Image.open(f).convert("RGB") for f in files], "names": [f.name for f in files],
+            "labels": None, "masks": masks, "extra_masks": {}}
+
+
+def default_methods(model: LoadedModel) -> tuple[list[str], dict[str, str]]:
+    """Every implemented method that applies to the model, and the reasons of those that do not."""
+    from workers.explain import applicability
+
+    app = applicability(model)
+    return [k for k, v in app.items() if v is None], {k: v for k, v in app.items() if v is not None}
+
+
+# ---- statistics and report --------------------------------------------------------------------------
+def flatten(values: dict[str, list]) -> dict[str, list[float]]:
+    """{metric: [per-image value or {output: v}]} -> {column: [float]} with ``metric.output`` columns."""
+    out: dict[str, list[float]] = {}
+    for k, vs in values.items():
+        if vs and isinstance(vs[0], dict):
+            for o in vs[0]:
+                out[f"{k}.{o}"] = [np.nan if v[o] is None else v[o] for v in vs]
+        else:
+            out[k] = [np.nan if v is None else v for v in vs]
+    return out
+
+
+def mean_sd(vs: list[float]) -> tuple[float, float, int]:
+    a = np.asarray(vs, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    if a.size == 0:
+        return math.nan, math.nan, 0
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0, int(a.size)
+
+
+def _fmt(m: float, s: float, col: str) -> str:
+    if math.isnan(m):
+        return "–"
+    if col == "time_ms":
+        return f"{m:.1f} ± {s:.1f}"
+    return f"{m:.3f} ± {s:.3f}"
+
+
+def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]]], skipped: dict[str, str]) -> str:
+    cols: list[str] = []
+    for vals in table.values():
+        cols += [c for c in vals if c not in cols]
+    lines = [f"# Evaluation report: {header['model']} on {header['images']}", "",
+             f"Command: `{header['command']}`", "",
+             f"{header['n']} images, target = {header['target']}; each cell is the mean ± sd over the images "
+             f"(sd with ddof 1; '–': undefined on every image). Time per image in ms on this machine "
+             f"({header['device']}, {header['threads']} torch threads).", ""]
+    for k, v in header.get("notes", {}).items():
+        lines.append(f"- {k}: {v}")
+    if header.get("notes"):
+        lines.append("")
+    families: dict[str, list[str]] = {}
+    for c in cols:
+        base = c.split(".")[0]
+        families.setdefault(METRICS[base].family if base in METRICS else "localisation", []).append(c)
+    for fam in FAMILY_ORDER:
+        if fam not in families:
+            continue
+        fc = families[fam]
+        lines += [f"### {FAMILY_TITLES[fam]}", "", "| method | " + " | ".join(fc) + " |", "|---|" + "---|" * len(fc)]
+        for meth, vals in table.items():
+            lines.append(f"| {meth} | " + " | ".join(_fmt(*mean_sd(vals[c])[:2], c) if c in vals else ""
+                                                    for c in fc) + " |")
+        lines.append("")
+    lines += ["Metrics (definitions and references: `schemas/metrics.py`, docs/evaluation.md):", ""]
+    seen = set()
+    for c in cols:
+        base = c.split(".")[0]
+        if base in seen:
+            continue
+        seen.add(base)
+        spec = METRICS.get(base)
+        better = "" if spec is None or spec.higher_is_better is None else (
+            " (higher is better)" if spec.higher_is_better else " (lower is better)")
+        desc = header.get("extra_columns", {}).get(c) or (spec.summary if spec else "")
+        lines.append(f"- `{base}`{better}: {desc}; {spec.reference}" if spec else f"- `{c}`: {desc}")
+    if skipped:
+        lines += ["", "Methods not run:", ""] + [f"- `{k}`: {v}" for k, v in skipped.items()]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+# ---- figures -------------------------------------------------------------------------------------------
+def figure_maps(path: Path, images: list[Image.Image], maps: dict[str, np.ndarray], rows: int = 3) -> None:
+    """The survey's Fig. 9 layout: per row an image, then each method's [0,1] map in jet over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = min(rows, len(images))
+    methods = list(maps)
+    ncol = 1 + len(methods)
+    fig, axes = plt.subplots(rows, ncol, figsize=(1.9 * ncol, 1.75 * rows), squeeze=False)
+    for r in range(rows):
+        img = np.asarray(images[r].convert("RGB"))
+        ax = axes[r, 0]
+        ax.imshow(img)
+        ax.set_title("image" if r == 0 else "", fontsize=8)
+        ax.axis("off")
+        for c, meth in enumerate(methods, start=1):
+            m = M.minmax(maps[meth][r])
+            if m.shape != img.shape[:2]:
+                m = np.asarray(Image.fromarray(m.astype(np.float32)).resize(img.shape[1::-1], Image.BILINEAR))
+            ax = axes[r, c]
+            ax.imshow(img)
+            im = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(meth, fontsize=7)
+            ax.axis("off")
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
+            cb.ax.tick_params(labelsize=5)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_metrics(path: Path, table: dict[str, dict[str, list[float]]]) -> None:
+    """One panel per column: mean ± sd per method (time on a log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols: list[str] = []
+    for vals in table.values():
+        cols += [c for c in vals if c not in cols]
+    methods = list(table)
+    ncol = 4
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 0.22 * len(methods) * nrow + 1.2 * nrow),
+                             squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for k, c in enumerate(cols):
+        ax = axes[k // ncol, k % ncol]
+        stats = [mean_sd(table[m].get(c, [])) for m in methods]
+        ms = [s[0] for s in stats]
+        sd = [s[1] for s in stats]
+        y = np.arange(len(methods))
+        ax.barh(y, [0 if math.isnan(v) else v for v in ms], xerr=[0 if math.isnan(v) else v for v in sd],
+                color=[cmap(i % 20) for i in range(len(methods))], error_kw={"lw": 0.7})
+        ax.set_yticks(y)
+        ax.set_yticklabels(methods if k % ncol == 0 else [""] * len(methods), fontsize=7)
+        ax.invert_yaxis()
+        fam = METRICS[c.split(".")[0]].family if c.split(".")[0] in METRICS else "ground truth"
+        ax.set_title(f"{c} ({fam})", fontsize=8)
+        ax.tick_params(axis="x", labelsize=6)
+        if c == "time_ms" and all(v > 0 for v in ms if not math.isnan(v)):
+            ax.set_xscale("log")
+    for k in range(len(cols), nrow * ncol):
+        axes[k // ncol, k % ncol].axis("off")
+    fig.tight_layout(pad=0.4)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_sanity(path: Path, curves: dict[str, dict]) -> None:
+    """Cascading randomisation: Spearman and SSIM (mean over images) vs the layers randomised."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    cmap = plt.get_cmap("tab20")
+    for i, (meth, r) in enumerate(curves.items()):
+        for ax, key in zip(axes, ("spearman", "ssim")):
+            y = np.concatenate([[1.0], np.nanmean(r[key], axis=1) if r[key].size else []])
+            ax.plot(range(len(y)), y, marker="o", ms=3, lw=1, color=cmap(i % 20), label=meth)
+    for ax, key in zip(axes, ("Spearman rank correlation (|map|)", "SSIM ([0,1] |map|)")):
+        names = next(iter(curves.values()))["layers"] if curves else []
+        ax.set_xticks(range(len(names) + 1))
+        ax.set_xticklabels(["trained"] + list(names), rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(key, fontsize=8)
+        ax.set_xlabel("cascading randomisation from the top layer", fontsize=8)
+        ax.axhline(0, color="gray", lw=0.5)
+    axes[1].legend(fontsize=6, ncol=2, loc="upper right")
+    fig.tight_layout(pad=0.4)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- the command -----------------------------------------------------------------------------------
+def _parse_methods(items: list[str] | None) -> list[tuple[str, dict]] | None:
+    """``name`` or ``name:{json params}``; comma- or space-separated."""
+    if not items:
+        return None
+    out = []
+    for it in items:
+        for part in ([it] if ":" in it else it.split(",")):
+            if not part:
+                continue
+            name, _, params = part.partition(":")
+            out.append((name, json.loads(params) if params else {}))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    reg, idx = find_model(args.model, args.registry)
+    entry = reg.models[idx]
+    if entry.weights and not reg.resolve(entry.weights).exists():
+        raise SystemExit(f"weights of {entry.name!r} not found at {reg.resolve(entry.weights)} "
+                         "(train it first: python -m workers.train)")
+    model = load_model(entry, reg)
+    data = load_images(args.images, args.n, args.seed)
+    x = model.preprocess(data["images"])
+    n = x.shape[0]
+    hw = model.input_size
+    size_of = [im.size for im in data["images"]]
+    gt = None
+    if all(m is not None for m in data["masks"]):
+        gt = np.stack([ground_truth_mask(m, s, hw) for m, s in zip(data["masks"], size_of)])
+    extra_gt = {k: np.stack([ground_truth_mask(m, s, hw) for m, s in zip(v, size_of)])
+                for k, v in data["extra_masks"].items()}
+    with torch.no_grad():
+        pred = model.module(x).argmax(1).cpu()
+    targets = pred if args.target == "predicted" else torch.as_tensor(data["labels"], dtype=torch.long)
+    notes = {}
+    if data["labels"] is not None:
+        notes["accuracy on these images"] = f"{float((pred.numpy() == data['labels']).mean()):.3f}"
+    if args.images == "clever-hans":
+        from workers.evaluation.clever_hans import data as ch_data
+
+        for cond in ("removed", "swapped"):
+            xi, yi, _, _ = ch_data(n, args.seed, cond)
+            with torch.no_grad():
+                p = model.module(model.preprocess([Image.fromarray(a) for a in xi])).argmax(1).numpy()
+            notes[f"accuracy with the watermark {cond}"] = f"{float((p == yi).mean()):.3f}"
+
+    methods = _parse_methods(args.methods)
+    skipped: dict[str, str] = {}
+    if methods is None:
+        names, skipped = default_methods(model)
+        methods = [(k, {}) for k in names if k not in (args.exclude or [])]
+    metric_names = [m for m in (args.metrics.split(",") if args.metrics else DEFAULT_METRICS) if m]
+    for m in metric_names:
+        if m not in METRICS:
+            raise SystemExit(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
+    if gt is None:
+        dropped = [m for m in metric_names if METRICS[m].needs_ground_truth]
+        metric_names = [m for m in metric_names if not METRICS[m].needs_ground_truth]
+        if dropped:
+            notes["no ground truth"] = "skipped " + ", ".join(dropped)
+    mparams = {**BENCH_METRIC_PARAMS, **(json.loads(args.metric_params) if args.metric_params else {})}
+    calls = [(m, mparams.get(m, {})) for m in metric_names if m != "model_randomisation"]
+    sanity_params = mparams.get("model_randomisation", {})
+
+    table: dict[str, dict[str, list[float]]] = {}
+    per_image: dict[str, dict] = {}
+    maps_fig: dict[str, np.ndarray] = {}
+    curves: dict[str, dict] = {}
+    extra_cols = {}
+    t_all = time.perf_counter()
+    for j, (name, params) in enumerate(methods):
+        label = name if not params else f"{name} {json.dumps(params, sort_keys=True)}"
+        t0 = time.perf_counter()
+        print(f"[{j + 1}/{len(methods)}] {label} ...", file=sys.stderr, flush=True)
+        try:
+            vals, maps = evaluate_method(model, x, targets, name, params, calls, gt, Progress())
+            mnp = to_numpy(maps)
+            if "model_randomisation" in metric_names:
+                r = cascading_randomisation(model, x, targets, map_fn(name, params), maps,
+                                            sanity_params.get("layers"), sanity_params.get("seed", 42))
+                curves[label] = r
+                vals["model_randomisation"] = [
+                    {"spearman": float(np.nanmean(r["spearman"][:, i])) if np.isfinite(r["spearman"][:, i]).any()
+                     else math.nan, "ssim": float(np.nanmean(r["ssim"][:, i])) if np.isfinite(r["ssim"][:, i]).any()
+                     else math.nan, "spearman_last": float(r["spearman"][-1, i]), "ssim_last": float(r["ssim"][-1, i])}
+                    for i in range(n)]
+        except (ExplainError, RuntimeError, ValueError) as e:
+            skipped[label] = f"failed: {getattr(e, 'detail', None) or e}"
+            print(f"    skipped: {skipped[label]}", file=sys.stderr)
+            continue
+        flat = flatten(vals)
+        for k, mk in extra_gt.items():
+            col = f"mass_{k}"
+            flat[col] = [M.relevance_mass_accuracy(np.clip(mnp[i], 0, None), mk[i]) for i in range(n)]
+            extra_cols[col] = f"share of the positive relevance on the {k} (relevance mass accuracy with the {k} " \
+                              "as ground truth)"
+        if extra_gt and gt is not None:
+            flat["mass_object"] = flat.get("relevance_mass_accuracy")
+            flat.pop("relevance_mass_accuracy", None)
+            extra_cols["mass_object"] = "share of the positive relevance on the object (relevance_mass_accuracy)"
+            flat = {k: v for k, v in flat.items() if v is not None}
+        table[label] = flat
+        per_image[label] = {k: [_clean(float(v)) for v in vs] for k, vs in flat.items()}
+        maps_fig[label] = mnp[: args.figure_rows]
+        print(f"    {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"model": model.name, "images": args.images, "n": n, "target": args.target,
+              "command": "python -m workers.evaluation.bench " + " ".join(args.argv),
+              "device": str(model.device), "threads": args.threads, "notes": notes, "extra_columns": extra_cols}
+    report = write_report(out, header, table, skipped)
+    (out / "results.json").write_text(json.dumps({"header": header, "images": data["names"],
+                                                  "targets": targets.tolist(), "per_image": per_image,
+                                                  "skipped": skipped}, indent=1))
+    if not args.no_figures and table:
+        figure_maps(out / "maps.png", data["images"], maps_fig, args.figure_rows)
+        figure_metrics(out / "metrics.png", table)
+        if curves:
+            figure_sanity(out / "sanity.png", curves)
+    print(f"wrote {out} ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr)
+    return {"report": report, "table": table, "skipped": skipped, "out": out}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="whitebox bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="registry model name (default registry, or --registry)")
+    ap.add_argument("--registry", help="registry YAML (default: the bundled ones, workers/registry/*.yaml)")
+    ap.add_argument("--images", default="generated", help="generated | clever-hans | a folder of images")
+    ap.add_argument("--n", type=int, default=8, help="number of images")
+    ap.add_argument("--seed", type=int, default=3, help="data seed of generated images")
+    ap.add_argument("--methods", nargs="*", help="method names (default: every method that applies); "
+                    "name:{json params} for parameters")
+    ap.add_argument("--exclude", nargs="*", help="methods to leave out of the default list")
+    ap.add_argument("--metrics", help="comma-separated metric names (default: %s)" % ",".join(DEFAULT_METRICS))
+    ap.add_argument("--metric-params", help='JSON {"metric": {params}} (bench defaults: %s)'
+                    % json.dumps(BENCH_METRIC_PARAMS))
+    ap.add_argument("--target", choices=["predicted", "label"], default="predicted",
+                    help="explain the predicted class or the true label (generated images)")
+    ap.add_argument("--out", default="reports/bench")
+    ap.add_argument("--figure-rows", type=int, default=3, help="images shown in maps.png")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--no-figures", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.argv = argv
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
