@@ -178,8 +178,10 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
 
 
 # ---- figures -------------------------------------------------------------------------------------------
-def figure_maps(path: Path, images: list[Image.Image], maps: dict[str, np.ndarray], rows: int = 3) -> None:
-    """The survey's Fig. 9 layout: per row an image, then each method's [0,1] map in jet over it."""
+def figure_maps(path: Path, images: list[Image.Image], maps: dict[str, np.ndarray], rows: int = 3,
+                per_row: int = 8) -> None:
+    """The survey's Fig. 9 layout: per image the image, then each method's [0,1] map in jet over it
+    with a colour bar; wrapped after ``per_row`` panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,28 +189,30 @@ def figure_maps(path: Path, images: list[Image.Image], maps: dict[str, np.ndarra
 
     rows = min(rows, len(images))
     methods = list(maps)
-    ncol = 1 + len(methods)
-    fig, axes = plt.subplots(rows, ncol, figsize=(1.9 * ncol, 1.75 * rows), squeeze=False)
+    panels = 1 + len(methods)
+    ncol = min(per_row, panels)
+    lines = math.ceil(panels / ncol)
+    fig, axes = plt.subplots(rows * lines, ncol, figsize=(1.9 * ncol, 1.75 * rows * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
     for r in range(rows):
         img = np.asarray(images[r].convert("RGB"))
-        ax = axes[r, 0]
-        ax.imshow(img)
-        ax.set_title("image" if r == 0 else "", fontsize=8)
-        ax.axis("off")
-        for c, meth in enumerate(methods, start=1):
+        for k in range(panels):
+            ax = axes[r * lines + k // ncol, k % ncol]
+            ax.imshow(img)
+            if k == 0:
+                ax.set_title("image", fontsize=7)
+                continue
+            meth = methods[k - 1]
             m = M.minmax(maps[meth][r])
             if m.shape != img.shape[:2]:
                 m = np.asarray(Image.fromarray(m.astype(np.float32)).resize(img.shape[1::-1], Image.BILINEAR))
-            ax = axes[r, c]
-            ax.imshow(img)
             im = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if r == 0:
-                ax.set_title(meth, fontsize=7)
-            ax.axis("off")
+            ax.set_title(meth, fontsize=7)
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
             cb.ax.tick_params(labelsize=5)
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
