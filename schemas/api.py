@@ -123,3 +123,89 @@ class JobState(BaseModel):
     progress: float = 0.0
     result: ExplainResponse | None = None
     error: dict[str, Any] | None = None
+
+
+# ---- evaluation (§7) -------------------------------------------------------------------
+
+class EvaluateRequest(BaseModel):
+    """§7 metrics of one or more methods on one or more images of a model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, max_length=128)
+    images: list[str] = Field(..., min_length=1, max_length=16, description="base64 PNG or JPEG images")
+    target: int | str = "predicted"
+    methods: list[MethodCall] = Field(..., min_length=1, max_length=8)
+    metrics: list["MetricCall"] = Field(default_factory=lambda: [MetricCall(name=n) for n in DEFAULT_EVALUATE_METRICS],
+                                        min_length=1, max_length=32)
+    ground_truth: "GroundTruth | list[GroundTruth] | None" = Field(
+        None, description="object location in the client's image pixels: one for all images or one per image")
+    per_sample: bool = False
+
+    _names = field_validator("methods", mode="before")(ExplainRequest._names_to_calls.__func__)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluateRequest":
+        if isinstance(self.ground_truth, list) and len(self.ground_truth) != len(self.images):
+            raise ValueError(f"{len(self.ground_truth)} ground truths for {len(self.images)} images")
+        problems = check_metrics(self.metrics, self.ground_truth is not None)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if isinstance(self.target, int) and self.target < 0:
+            raise ValueError("class index must be >= 0")
+        return self
+
+
+class MapIn(BaseModel):
+    """A map to compare: a float32 array as the explain response gives it, or a grey-level PNG."""
+
+    model_config = ConfigDict(extra="forbid")
+    array: ArrayOut | None = None
+    mask_png: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "MapIn":
+        if (self.array is None) == (self.mask_png is None):
+            raise ValueError("give exactly one of array, mask_png")
+        if self.array is not None:
+            shape = self.array.shape
+            if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] > 4096 * 4096:
+                raise ValueError("array must be 2-D (H, W) with at most 4096 x 4096 values")
+        return self
+
+
+class CompareRequest(BaseModel):
+    """Map-vs-map metrics: two maps, or two methods on one image of a model (map_b / the second method
+    is the reference)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    map_a: MapIn | None = None
+    map_b: MapIn | None = None
+    model: str | None = Field(None, min_length=1, max_length=128)
+    image: str | None = None
+    target: int | str = "predicted"
+    methods: list[MethodCall] | None = None
+    metrics: list["MetricCall"] | None = None
+
+    _names = field_validator("methods", mode="before")(ExplainRequest._names_to_calls.__func__)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareRequest":
+        maps = self.map_a is not None or self.map_b is not None
+        if maps:
+            if self.map_a is None or self.map_b is None or self.image is not None or self.methods is not None:
+                raise ValueError("give map_a and map_b, or model, image and two methods")
+        else:
+            if not (self.model and self.image and self.methods and len(self.methods) == 2):
+                raise ValueError("give map_a and map_b, or model, image and exactly two methods")
+        problems = check_metrics(self.metrics or [], False, for_compare=True)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+from schemas.metrics import DEFAULT_EVALUATE_METRICS, GroundTruth, MetricCall, check_metrics  # noqa: E402
+
+EvaluateRequest.model_rebuild()
+CompareRequest.model_rebuild()

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import queue as q
-from schemas.api import ExplainRequest, JobAccepted
+from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest, JobAccepted
 from schemas.images import decode_image
 from schemas.methods import CATALOG
 from schemas.problems import (CancelledProblem, MethodProblem, NotFound, Overloaded, Problem, TargetProblem, Timeout,
@@ -101,13 +101,14 @@ class Gateway:
         raw = await self.redis.get(q.model_key(model))
         return json.loads(raw) if raw else None
 
-    async def check(self, req: ExplainRequest) -> tuple[int, int]:
-        entry = self.registry.get(req.model)
+    async def check(self, model: str, target: int | str, methods: list) -> None:
+        """Model known, target in range, each method applicable with its layer (from the worker's card)."""
+        entry = self.registry.get(model)
         if entry is None:
-            raise NotFound(f"unknown model {req.model!r}; models: {', '.join(m.name for m in self.registry.models)}",
+            raise NotFound(f"unknown model {model!r}; models: {', '.join(m.name for m in self.registry.models)}",
                            field="model")
-        labels = self.labels[req.model]
-        t = req.target
+        labels = self.labels[model]
+        t = target
         if isinstance(t, str) and t != "predicted":
             if t.isdigit():
                 t = int(t)
@@ -115,34 +116,40 @@ class Gateway:
                 raise TargetProblem(f"unknown class label {t!r}; labels: {', '.join(labels)}", field="target")
         if isinstance(t, int) and not 0 <= t < entry.num_classes:
             raise TargetProblem(f"class index {t} out of range 0..{entry.num_classes - 1}", field="target")
-        card = await self.card(req.model)
+        card = await self.card(model)
         if card is not None:
             layers = {layer["name"] for layer in card.get("layers", [])}
             unsupported = card.get("unsupported_methods", {})
-            for i, call in enumerate(req.methods):
+            for i, call in enumerate(methods):
                 if call.name in unsupported:
-                    raise MethodProblem(f"{call.name} cannot be applied to model {req.model!r}: "
+                    raise MethodProblem(f"{call.name} cannot be applied to model {model!r}: "
                                         f"{unsupported[call.name]}", field=f"methods.{i}.name")
                 layer = call.params.get("layer")
                 if layer is not None and layer not in layers:
-                    raise MethodProblem(f"unknown layer {layer!r} for model {req.model!r}; usable layers: "
+                    raise MethodProblem(f"unknown layer {layer!r} for model {model!r}; usable layers: "
                                         f"{', '.join(sorted(layers))}", field=f"methods.{i}.params.layer")
-        img = decode_image(req.image, self.settings.max_image_pixels)
-        return img.size
+
+    def image_size(self, b64: str, field: str = "image") -> tuple[int, int]:
+        try:
+            return decode_image(b64, self.settings.max_image_pixels).size
+        except Problem as e:
+            e.field = field
+            e.errors = None
+            raise
 
     # ---- queue -------------------------------------------------------------------------
-    async def enqueue(self, req: ExplainRequest, size: tuple[int, int]) -> str:
-        stream = q.stream_key(req.model)
+    async def enqueue(self, model: str, request: dict, size: tuple[int, int], kind: str = "explain") -> str:
+        stream = q.stream_key(model)
         depth = await self.redis.xlen(stream)
-        self.metrics.queue_depth.labels(req.model).set(depth)
+        self.metrics.queue_depth.labels(model).set(depth)
         if depth >= self.settings.max_queue_depth:
             self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(f"{depth} jobs are queued for {req.model!r} (limit {self.settings.max_queue_depth}); "
+            raise Overloaded(f"{depth} jobs are queued for {model!r} (limit {self.settings.max_queue_depth}); "
                              "retry later", headers={"Retry-After": "1"})
-        job = q.JobMessage(id=q.new_job_id(), model=req.model, request=req.model_dump(), image_size=size)
+        job = q.JobMessage(id=q.new_job_id(), model=model, request=request, image_size=size, kind=kind)
         ttl = self.settings.result_ttl_s
         p = self.redis.pipeline(transaction=False)
-        p.hset(q.job_key(job.id), mapping={"status": "queued", "progress": "0", "model": req.model,
+        p.hset(q.job_key(job.id), mapping={"status": "queued", "progress": "0", "model": model, "kind": kind,
                                            "created": f"{job.enqueued_at:.6f}"})
         p.expire(q.job_key(job.id), ttl)
         p.xadd(stream, job.encode())
@@ -170,7 +177,7 @@ class Gateway:
 
 def result_body(payload: dict, started: float) -> dict:
     body = payload["response"]
-    body["timings"]["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    body.setdefault("timings", {})["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
     return body
 
 
@@ -273,23 +280,62 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_key)]
 
     async def submit(req: ExplainRequest) -> str:
-        size = await gw.check(req)
-        return await gw.enqueue(req, size)
+        await gw.check(req.model, req.target, req.methods)
+        return await gw.enqueue(req.model, req.model_dump(), gw.image_size(req.image))
+
+    async def finish(job_id: str, started: float, wait: bool):
+        if not wait:
+            return JSONResponse({"id": job_id, "status": "queued"}, status_code=202,
+                                headers={"Location": f"/v1/jobs/{job_id}"})
+        payload = await gw.wait(job_id, settings.request_timeout_s)
+        if payload is None:
+            await gw.redis.set(q.cancel_key(job_id), "timeout", ex=settings.result_ttl_s)
+            raise Timeout(f"no result within {settings.request_timeout_s:g} s; the job was cancelled "
+                          "(use POST /v1/jobs, or ?wait=false, for long work)")
+        if payload.get("status") != "done":
+            raise payload_problem(payload)
+        return JSONResponse(result_body(payload, started))
+
+    async def parse_body(request: Request, model_cls):
+        try:
+            data = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValidationProblem(f"body is not valid JSON: {e}")
+        if not isinstance(data, dict):
+            raise ValidationProblem("body must be a JSON object")
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as e:
+            raise validation_problem(e, ("body",))
+
+    @app.post("/v1/evaluate", dependencies=auth, tags=["evaluate"],
+              summary="Survey §7 metrics of methods on images (?wait=false: run as a job)")
+    async def evaluate(request: Request, wait: bool = True):
+        started = time.perf_counter()
+        req = await parse_body(request, EvaluateRequest)
+        await gw.check(req.model, req.target, req.methods)
+        sizes = [gw.image_size(img, f"images.{i}") for i, img in enumerate(req.images)]
+        job_id = await gw.enqueue(req.model, req.model_dump(), sizes[0], kind="evaluate")
+        return await finish(job_id, started, wait)
+
+    @app.post("/v1/compare", dependencies=auth, tags=["evaluate"],
+              summary="Map-vs-map metrics: two maps, or two methods on one image")
+    async def compare(request: Request, wait: bool = True):
+        started = time.perf_counter()
+        req = await parse_body(request, CompareRequest)
+        if req.model is not None:
+            await gw.check(req.model, req.target, req.methods or [])
+        size = gw.image_size(req.image) if req.image else (0, 0)
+        model = req.model or gw.registry.models[0].name  # two maps: any worker computes them
+        job_id = await gw.enqueue(model, req.model_dump(), size, kind="compare")
+        return await finish(job_id, started, wait)
 
     @app.post("/v1/explain", dependencies=auth, tags=["explain"],
               summary="Explain one image synchronously (JSON or multipart/form-data)")
     async def explain(request: Request):
         started = time.perf_counter()
         req = await parse_explain(request)
-        job_id = await submit(req)
-        payload = await gw.wait(job_id, settings.request_timeout_s)
-        if payload is None:
-            await gw.redis.set(q.cancel_key(job_id), "timeout", ex=settings.result_ttl_s)
-            raise Timeout(f"no result within {settings.request_timeout_s:g} s; the job was cancelled "
-                          "(use POST /v1/jobs for long explanations)")
-        if payload.get("status") != "done":
-            raise payload_problem(payload)
-        return JSONResponse(result_body(payload, started))
+        return await finish(await submit(req), started, wait=True)
 
     @app.post("/v1/jobs", status_code=202, dependencies=auth, tags=["jobs"], response_model=JobAccepted)
     async def create_job(request: Request):

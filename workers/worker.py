@@ -29,6 +29,7 @@ from schemas.registry import Registry, load_registry
 from schemas.settings import Settings
 from schemas.telemetry import WorkerMetrics
 from workers.explain import applicability
+from workers.evaluation_jobs import RUNNERS
 from workers.explain.base import Progress
 from workers.loading import LoadedModel, load_model
 from workers.pipeline import Item, run_batch
@@ -251,6 +252,9 @@ class Worker:
                 self._finish(stream, mid)
                 continue
             self.r.hset(q.job_key(job.id), mapping={"status": "running", "started": f"{now:.6f}"})
+            if job.kind != "explain":
+                self._run_single(model, stream, mid, job, now)
+                continue
             try:
                 img = decode_image(job.request["image"], self.settings.max_image_pixels)
             except Problem as e:
@@ -287,6 +291,28 @@ class Worker:
                 self.store(job, {"status": status, "problem": err.problem()}, status)
                 self.metrics.jobs.labels(model_name, status).inc()
             self._finish(stream, mid)
+
+    def _run_single(self, model: LoadedModel, stream: str, mid: str, job: q.JobMessage, now: float) -> None:
+        """evaluate / compare jobs: one at a time, with progress and cancellation."""
+        runner = RUNNERS.get(job.kind)
+        try:
+            if runner is None:
+                raise WorkerFailure(f"unknown job kind {job.kind!r}")
+            body = runner(model, job.request, self.settings.max_image_pixels, JobReporter(self.r, job.id).progress())
+            body["id"] = job.id
+            body["timings"]["queue_ms"] = round(max(0.0, now - job.enqueued_at) * 1000, 3)
+            self.store(job, {"status": "done", "response": body}, "done")
+            self.metrics.jobs.labels(model.name, "done").inc()
+        except Problem as e:
+            status = "cancelled" if e.status == 409 else "failed"
+            self.store(job, {"status": status, "problem": e.problem()}, status)
+            self.metrics.jobs.labels(model.name, status).inc()
+        except Exception as e:  # a bug must fail the job, not the worker
+            log.error("%s job failed: %s", job.kind, traceback.format_exc())
+            self.store(job, {"status": "failed", "problem": WorkerFailure(
+                f"internal error: {type(e).__name__}: {e}").problem()}, "failed")
+            self.metrics.jobs.labels(model.name, "failed").inc()
+        self._finish(stream, mid)
 
     def run(self) -> None:
         self.load()
