@@ -32,7 +32,7 @@ UNSUPPORTED = {
     ("vgg11", "cam"): "linear",
     ("mobilenet_v3_small", "cam"): "linear",
     **{("mobilenet_v3_small", m): "hardswish" for m in STRUCTURE},
-    **{(m, "adversarial_generators"): "generator" for m in MODELS},
+    **{(m, "adversarial_generators"): "binary" for m in MODELS},
 }
 
 

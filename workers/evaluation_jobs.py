@@ -24,7 +24,8 @@ def run_evaluate(model: LoadedModel, req: dict, max_pixels: int, progress: Progr
     gt = req.get("ground_truth")
     masks = None
     if gt is not None:
-        gts = gt if isinstance(gt, list) else [gt] * len(images)
+        gts = [{k: v for k, v in g.items() if v is not None}  # exactly one of box / polygon / mask_png
+               for g in (gt if isinstance(gt, list) else [gt] * len(images))]
         try:
             masks = np.stack([ground_truth_mask(g, img.size, model.input_size) for g, img in zip(gts, images)])
         except ValueError as e:
