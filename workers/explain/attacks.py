@@ -63,12 +63,13 @@ def pgd(ctx: Context, eps: torch.Tensor, step: torch.Tensor, steps: int, random_
 
 
 def deepfool(ctx: Context, overshoot: float, max_iter: int, candidates: int) -> tuple[torch.Tensor, list[int]]:
+    """Only the samples still classified as their target take part in an iteration."""
     net, x, t = ctx.net, ctx.x.detach(), ctx.targets
     n = x.shape[0]
     with torch.no_grad():
         logits0 = net(x)
     k = min(candidates, logits0.shape[1])
-    # candidate classes: the target plus the top-scoring others of the original input
+    # candidate classes: the top-scoring others of the original input
     order = logits0.argsort(dim=1, descending=True)
     cand = torch.empty(n, k - 1, dtype=torch.long, device=x.device)
     for i in range(n):
@@ -78,38 +79,36 @@ def deepfool(ctx: Context, overshoot: float, max_iter: int, candidates: int) -> 
     xa = x.clone()
     active = logits0.argmax(1) == t
     iters = [0] * n
-    rows = torch.arange(n, device=x.device)
     for it in range(max_iter):
-        if not bool(active.any()):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
             break
         ctx.progress(it / max_iter)
+        rows = torch.arange(idx.numel(), device=x.device)
+        ti, ci = t[idx], cand[idx]
         with torch.enable_grad():
-            xi = xa.detach().requires_grad_(True)
+            xi = xa[idx].detach().requires_grad_(True)
             logits = net(xi)
-            f0 = logits[rows, t]
+            f0 = logits[rows, ti]
             (g0,) = torch.autograd.grad(f0.sum(), xi, retain_graph=True)
-            best_pert = torch.full((n,), float("inf"), device=x.device)
-            best_w = torch.zeros_like(x)
+            best_pert = torch.full((idx.numel(),), float("inf"), device=x.device)
+            best_w = torch.zeros_like(xi)
             for j in range(k - 1):
-                fk = logits[rows, cand[:, j]]
+                fk = logits[rows, ci[:, j]]
                 (gk,) = torch.autograd.grad(fk.sum(), xi, retain_graph=j < k - 2)
                 w = gk - g0
-                fd = (fk - f0).detach()
-                wn = w.flatten(1).norm(dim=1)
-                pert = fd.abs() / (wn + 1e-12)
+                pert = (fk - f0).detach().abs() / (w.flatten(1).norm(dim=1) + 1e-12)
                 better = pert < best_pert
                 best_pert = torch.where(better, pert, best_pert)
                 best_w = torch.where(better.view(-1, 1, 1, 1), w, best_w)
         wn = best_w.flatten(1).norm(dim=1).clamp_min(1e-12)
-        r_i = ((best_pert + 1e-4) / wn).view(-1, 1, 1, 1) * best_w
-        r_tot = r_tot + r_i * active.view(-1, 1, 1, 1)
-        xa = clamp_box(ctx.model, x + (1 + overshoot) * r_tot).detach()
+        r_tot[idx] = r_tot[idx] + ((best_pert + 1e-4) / wn).view(-1, 1, 1, 1) * best_w
+        xa[idx] = clamp_box(ctx.model, x[idx] + (1 + overshoot) * r_tot[idx]).detach()
         with torch.no_grad():
-            pred = net(xa).argmax(1)
-        for i in range(n):
-            if bool(active[i]):
-                iters[i] = it + 1
-        active = active & (pred == t)
+            still = net(xa[idx]).argmax(1) == ti
+        for i in idx.tolist():
+            iters[i] = it + 1
+        active[idx] = still
     return xa, iters
 
 

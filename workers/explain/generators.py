@@ -8,6 +8,7 @@ in an optional ``generators`` registry field), trained for exactly these classif
 weights (a parameter hash in the file's metadata)."""
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from workers.explain.base import Attribution, Context, register
 from workers.loading import LoadedModel
 
-_CACHE: dict[tuple[int, str], tuple] = {}
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()
 
 
 def _path(model: LoadedModel) -> Path:
@@ -31,9 +32,9 @@ def _path(model: LoadedModel) -> Path:
 def _load(model: LoadedModel):
     """(pair, meta) or (None, reason)."""
     path = _path(model)
-    key = (id(model.module), str(path))
-    if key in _CACHE:
-        return _CACHE[key]
+    per_module = _CACHE.setdefault(model.module, {})
+    if str(path) in per_module:
+        return per_module[str(path)]
     from workers.generators.model import fingerprint, load_generators
 
     if model.num_classes != 2:
@@ -50,7 +51,7 @@ def _load(model: LoadedModel):
             res = (None, f"{path.name} is for {meta.get('channels')}-channel inputs")
         else:
             res = (pair.to(model.device), meta)
-    _CACHE[key] = res
+    per_module[str(path)] = res
     return res
 
 

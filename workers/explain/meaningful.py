@@ -8,7 +8,8 @@ input and is upsampled bilinearly; the perturbed input is x*m + blur(x)*(1-m).
   (p_c the target's softmax probability; the noise, seeded, is the stochastic
   perturbation of the paper). Relevance = 1 - m: what has to be blurred to drop the score.
 - extremal (preservation game): maximise S_c(perturbed) subject to area(m) = a, enforced as
-  lambda * mean((sort(m) - r_a)^2), r_a the sorted mask of a region of fraction a.
+  lambda * mean((sort(m) - r_a)^2), r_a the sorted mask of a region of fraction a, lambda
+  ramped linearly to 300 over the first half of the iterations.
   Relevance = m: the region of area a that keeps the score highest.
 Both by Adam with the mask clamped to [0,1] after every step; all samples of the batch
 are optimised together (independent losses)."""
@@ -61,7 +62,10 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
             if extremal:
                 score = target_scores(net(xm), t)
                 area = ((m.flatten(1).sort(dim=1).values - ref) ** 2).mean(1)
-                loss = (-score + AREA_WEIGHT * area).sum()
+                # the constraint's weight ramps up (as TorchRay's growing regulariser): first the
+                # score shapes the mask, then the area is enforced
+                lam = AREA_WEIGHT * min(1.0, (it + 1) / (0.5 * p.iterations))
+                loss = (-score + lam * area).sum()
             else:
                 noise = torch.randn(xm.shape, generator=g, dtype=x.dtype).to(x.device) * (NOISE / std)
                 prob = torch.softmax(net(xm + noise), 1).gather(1, t.view(-1, 1)).squeeze(1)

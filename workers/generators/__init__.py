@@ -1,0 +1,1 @@
+"""Training of the binary classifier and the two generators of adversarial_generators."""
