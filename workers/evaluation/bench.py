@@ -43,6 +43,10 @@ FAMILY_ORDER = ("localisation", "similarity", "complexity", "faithfulness", "rob
 FAMILY_TITLES = {"localisation": "Localisation (vs the ground-truth mask)", "similarity": "Similarity to the ground truth",
                  "complexity": "Complexity", "faithfulness": "Faithfulness", "robustness": "Robustness",
                  "sanity": "Sanity (cascading model-parameter randomisation)", "cost": "Cost"}
+EXTRA_COLUMN_DOCS = {
+    "watermark": "share of the positive relevance on the 6 x 6 watermark (0.9 % of the image)",
+    "watermark_area": "share of the positive relevance within 4 px of the watermark (12 x 12 px in the corner, 3.5 % "
+                      "of the image): the region a coarse map can point at (a Grad-CAM cell of ShapesCNN is 8 x 8 px)"}
 REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
 
 DEFAULT_METRICS = ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "iou_gt", "sparseness",
@@ -75,10 +79,10 @@ def load_images(spec: str, n: int, seed: int) -> dict:
             imgs, labels, masks = generate(n, seed)
             extra = {}
         else:
-            from workers.evaluation.clever_hans import data
+            from workers.evaluation.clever_hans import data, watermark_area
 
             imgs, labels, masks, wm = data(n, seed, "watermark")
-            extra = {"watermark": list(wm)}
+            extra = {"watermark": list(wm), "watermark_area": [watermark_area()] * n}
         return {"images": [Image.fromarray(a) for a in imgs], "names": [f"{spec}-{seed}-{i}" for i in range(n)],
                 "labels": labels, "masks": list(masks), "extra_masks": extra}
     folder = Path(spec)
@@ -127,8 +131,8 @@ def mean_sd(vs: list[float]) -> tuple[float, float, int]:
 def _fmt(m: float, s: float, col: str) -> str:
     if math.isnan(m):
         return "–"
-    if col == "time_ms":
-        return f"{m:.1f} ± {s:.1f}"
+    if col == "time_ms":  # measured over the whole batch: one number per method
+        return f"{m:.1f}" if s == 0 else f"{m:.1f} ± {s:.1f}"
     return f"{m:.3f} ± {s:.3f}"
 
 
@@ -139,8 +143,9 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
     lines = [f"# Evaluation report: {header['model']} on {header['images']}", "",
              f"Command: `{header['command']}`", "",
              f"{header['n']} images, target = {header['target']}; each cell is the mean ± sd over the images "
-             f"(sd with ddof 1; '–': undefined on every image). Time per image in ms on this machine "
-             f"({header['device']}, {header['threads']} torch threads).", ""]
+             f"(sd with ddof 1; '–': undefined on every image). `time_ms`: the method's time on the whole "
+             f"batch divided by the number of images, on this machine ({header['device']}, {header['threads']} "
+             f"torch threads; shared CPUs make it noisy).", ""]
     for k, v in header.get("notes", {}).items():
         lines.append(f"- {k}: {v}")
     if header.get("notes"):
@@ -377,8 +382,8 @@ def run(args: argparse.Namespace) -> dict:
         for k, mk in extra_gt.items():
             col = f"mass_{k}"
             flat[col] = [M.relevance_mass_accuracy(np.clip(mnp[i], 0, None), mk[i]) for i in range(n)]
-            extra_cols[col] = f"share of the positive relevance on the {k} (relevance mass accuracy with the {k} " \
-                              "as ground truth)"
+            extra_cols[col] = EXTRA_COLUMN_DOCS.get(k, f"share of the positive relevance on the {k} (relevance "
+                                                          f"mass accuracy with the {k} as ground truth)")
         if extra_gt and gt is not None:
             flat["mass_object"] = flat.get("relevance_mass_accuracy")
             flat.pop("relevance_mass_accuracy", None)

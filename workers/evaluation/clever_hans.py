@@ -57,6 +57,15 @@ def watermark_mask(corner: str = "top_left", size: int = 64) -> np.ndarray:
     return m
 
 
+def watermark_area(corner: str = "top_left", size: int = 64, margin: int = 4) -> np.ndarray:
+    """The watermark dilated by ``margin`` pixels (clipped to the image): the region a coarse map
+    (one Grad-CAM cell of ShapesCNN's 8 x 8 grid is 8 x 8 pixels) can point at."""
+    m = np.zeros((size, size), bool)
+    y0, x0, y1, x1 = watermark_box(corner, size)
+    m[max(0, y0 - margin):y1 + margin, max(0, x0 - margin):x1 + margin] = True
+    return m
+
+
 def painter(corner: str = "top_left", shift: int = 0):
     """A ``generate(..., watermark=)`` hook painting class ``(label + shift) % 10``'s patch at ``corner``."""
 
