@@ -44,8 +44,21 @@ def get_model(name: str, size: int = 64) -> LoadedModel:
         torch.manual_seed(0)
         return load_model(entry.model_copy(update={"weights": None, "labels_file": None}), module=ShapesCNN(10))
     torch.manual_seed(0)
+    if name == "densenet_small":  # torchvision's DenseNet code (F.relu in forward), few layers
+        net = torchvision.models.densenet.DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16,
+                                                   bn_size=2, num_classes=10)
+        return load_model(_entry(name, "torchvision.densenet", size, **IMAGENET), module=net)
     net = getattr(torchvision.models, name)(weights=None, num_classes=10)
     return load_model(_entry(name, f"torchvision.{name}", size, **IMAGENET), module=net)
+
+
+def double(model: LoadedModel) -> LoadedModel:
+    """A float64 copy: for tests of invariances (chunking, batching) that float32 rounding can
+    break at ReLU/max-pool kinks (a pre-activation within 1e-7 of 0 flips with the batch
+    composition, and the gradient of a piecewise-linear net jumps there)."""
+    import dataclasses
+
+    return dataclasses.replace(model, module=copy.deepcopy(model.module).double())
 
 
 def batch(model: LoadedModel, n: int = 2, seed: int = 3) -> torch.Tensor:
@@ -134,3 +147,41 @@ def test_rewrite_catches_functional_relus():
 
     gm, k = one_relu_per_call(Functional())
     assert k == 3
+
+
+# ---- the comparison table of docs/linearization.md ---------------------------------------------
+
+def record(method: str, model: str, reference: str, diff: float) -> None:
+    """Append one measured difference to $WHITEBOX_LIN_TABLE (JSON lines) when it is set."""
+    import json
+    import os
+
+    path = os.environ.get("WHITEBOX_LIN_TABLE")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"method": method, "model": model, "reference": reference, "diff": diff}) + "\n")
+
+
+def table(path: str) -> str:
+    """The markdown table (method x model -> max relative difference; worst per reference)."""
+    import json
+
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    models: list[str] = []
+    for line in open(path):
+        r = json.loads(line)
+        key = (r["method"], r["reference"])
+        rows.setdefault(key, {})
+        rows[key][r["model"]] = max(rows[key].get(r["model"], 0.0), r["diff"])
+        if r["model"] not in models:
+            models.append(r["model"])
+    out = ["| method | reference | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for (method, ref), vals in rows.items():
+        out.append(f"| {method} | {ref} | " + " | ".join(f"{vals[m]:.1e}" if m in vals else "" for m in models) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(table(sys.argv[1]))
