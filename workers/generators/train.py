@@ -113,7 +113,7 @@ def train_generators(net: torch.nn.Module, x: torch.Tensor, epochs: int, batch: 
             keep += int((ls.argmax(1) == d).sum())
             flip += int((la.argmax(1) != d).sum())
             n += len(idx)
-        log(f"generators epoch {ep + 1}/{epochs}: loss {float(loss):.4f} similar keeps {keep / n:.3f} "
+        log(f"generators epoch {ep + 1}/{epochs}: loss {float(loss.detach()):.4f} similar keeps {keep / n:.3f} "
             f"adversarial flips {flip / n:.3f}")
     pair.eval()
     return pair
