@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from workers.evaluation.common import MapFn, batched_maps, clamp_input, pixel_scale, predict, to_numpy
 from workers.evaluation.metrics import cc, dice
+from workers.errors import MethodError
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.loading import LoadedModel
 
@@ -77,8 +78,11 @@ def adversarial_copy(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor,
     else:
         raise ValueError(f"unknown attack {attack!r}")
     if "adversarial" in IMPLEMENTATIONS:
-        delta = attribute(model, x, targets, "adversarial", p).maps
-        if delta.shape == x.shape:
+        try:
+            delta = attribute(model, x, targets, "adversarial", p).maps
+        except MethodError:  # not applicable to this model: the local attack below
+            delta = None
+        if delta is not None and delta.shape == x.shape:
             return (x + delta.to(x.dtype)).detach()
     if attack == "fgsm":
         return fgsm(model, x, targets, p["epsilon"])
