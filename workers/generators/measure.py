@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
 
 
 def demo_model():
@@ -28,7 +27,7 @@ def demo_model():
     from workers.loading import load_model
 
     reg = load_registry()
-    e = reg.models[0]
+    e = reg.get("shapes-cnn")
     if not reg.resolve(e.weights).exists():
         return None
     return load_model(e, reg)
@@ -38,8 +37,8 @@ def binary_model():
     from schemas.registry import load_registry
     from workers.loading import load_model
 
-    reg = load_registry(REGISTRY_DIR / "binary.yaml")
-    e = reg.models[0]
+    reg = load_registry()
+    e = reg.get("shapes-star")
     if not reg.resolve(e.weights).exists():
         return None
     return load_model(e, reg)
