@@ -71,8 +71,8 @@ def test_captum_trapezoid_weights_are_defective():
 # ---- against Captum -------------------------------------------------------------------------------
 
 CASES = [("demo", r) for r in ("riemann_left", "riemann_right", "riemann_middle", "gausslegendre")] + \
-        [("resnet18", r) for r in ("riemann_left", "riemann_right", "riemann_middle", "gausslegendre")] + \
-        [("alexnet", "riemann_left"), ("alexnet", "gausslegendre"), ("vgg11", "riemann_middle"),
+        [("resnet18", r) for r in ("riemann_middle", "gausslegendre")] + \
+        [("alexnet", "riemann_left"), ("vgg11", "riemann_middle"),
          ("resnet50", "riemann_right")]
 
 

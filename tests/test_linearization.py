@@ -198,17 +198,19 @@ CAPTUM = {"guided_backprop": GuidedBackprop, "deconvnet": Deconvolution}
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
 def test_rules_match_captum(model_name, method):
-    """Against Captum on the net rewritten with one fresh nn.ReLU per call (always right), and
-    against Captum on the original net: for these five nets Captum 0.9's module hooks also see
-    every call (measured: ResNet's reused self.relu and VGG's in-place ReLUs are handled)."""
+    """Against Captum on the original net and, for the ResNets (one ReLU module called two or
+    three times per block), also against Captum on the net rewritten with one fresh nn.ReLU per
+    call, which is right by construction. Measured: Captum 0.9's hooks do fire once per call of
+    a reused module, so both agree on these nets; they differ on DenseNet (test below)."""
     m = get_model(model_name)
     x = batch(m)
     t = torch.tensor([1, 7])
     ours = attribute(m, x, t, method).maps
-    ref = CAPTUM[method](reference_net(model_name)).attribute(x.clone().requires_grad_(True), target=t)
-    d = max_rel_diff(ours, ref)
-    record(method, model_name, "Captum on one-ReLU-per-call rewrite", d)
-    assert d <= TOL
+    if model_name.startswith("resnet"):
+        ref = CAPTUM[method](reference_net(model_name)).attribute(x.clone().requires_grad_(True), target=t)
+        d = max_rel_diff(ours, ref)
+        record(method, model_name, "Captum on one-ReLU-per-call rewrite", d)
+        assert d <= TOL
     cap = CAPTUM[method](m.module).attribute(x.clone().requires_grad_(True), target=t)
     d = max_rel_diff(ours, cap)
     record(method, model_name, "Captum", d)
