@@ -171,3 +171,17 @@ def test_evaluate_and_compare_api():
     assert compare(a, a, ["ssim", "sim"]) == pytest.approx({"ssim": 1.0, "sim": 1.0})
     with pytest.raises(KeyError):
         compare(a, a, ["deletion_auc"])
+
+
+def test_local_fgsm_matches_the_library_attack():
+    # the local fallback and the library's `adversarial` method (its map is x' - x) give the same x'
+    from workers.explain import IMPLEMENTATIONS, attribute
+
+    if "adversarial" not in IMPLEMENTATIONS:
+        pytest.skip("no adversarial method registered")
+    m = _shapes_model()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    t = torch.tensor([1, 2])
+    lib = x + attribute(m, x, t, "adversarial", {"attack": "fgsm", "epsilon": 4 / 255}).maps
+    ours = robustness.fgsm(m, x, t, 4 / 255)
+    torch.testing.assert_close(ours, lib, atol=1e-6, rtol=0)

@@ -27,12 +27,14 @@ from workers.loading import LoadedModel
 
 
 def fgsm(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """x + eps * sign(grad_x CE(f(x), t)), eps on the pixel scale, clamped to the input box."""
+    """x + eps * sign(grad_x CE(f(x), t)), eps on the pixel scale, clamped to the input box; components
+    whose gradient is at most 1e-6 in magnitude stay (as Captum's FGSM and the library's attack)."""
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
         loss = F.cross_entropy(model.module(xi), targets, reduction="sum")
         (g,) = torch.autograd.grad(loss, xi)
-    return clamp_input(model, x + epsilon * pixel_scale(model) * g.sign()).detach()
+    step = torch.where(g.abs() > 1e-6, g.sign(), torch.zeros_like(g))
+    return clamp_input(model, x + epsilon * pixel_scale(model) * step).detach()
 
 
 def deepfool(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, overshoot: float = 0.02,
