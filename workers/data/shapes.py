@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 LABELS: list[str] = ["circle", "square", "triangle", "star", "cross",
-                     "hexagon", "heart", "arrow", "ring", "crescent"]
+                     "bar", "heart", "arrow", "ring", "crescent"]
 
 SS = 4  # supersampling factor of the shape's alpha mask (anti-aliased edges)
 
@@ -69,14 +69,14 @@ _CIRCLE = _regular(48)
 _OUTLINES = {
     "circle": [(_CIRCLE, 255)],
     "square": [(_regular(4, 1.0, math.pi / 4), 255)],
-    "triangle": [(_regular(3, 1.05) + [0, 0.15], 255)],
+    "triangle": [(_regular(3, 1.15) + [0, 0.2], 255)],
     "star": [(_star(), 255)],
     "cross": [(_cross(), 255)],
-    "hexagon": [(_regular(6), 255)],
+    "bar": [(np.array([(-1, -0.3), (1, -0.3), (1, 0.3), (-1, 0.3)]), 255)],
     "heart": [(_heart(), 255)],
     "arrow": [(_arrow(), 255)],
-    "ring": [(_CIRCLE, 255), (_CIRCLE * 0.55, 0)],
-    "crescent": [(_CIRCLE, 255), (_CIRCLE * 0.85 + [0.45, -0.1], 0)],
+    "ring": [(_CIRCLE, 255), (_CIRCLE * 0.5, 0)],
+    "crescent": [(_CIRCLE, 255), (_CIRCLE * 0.75 + [0.5, -0.1], 0)],
 }
 
 
@@ -108,8 +108,13 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
+def _clutter_colour(rng: np.random.Generator, base: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.clip(base + rng.normal(0, 45, 3), 0, 255))
+
+
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth two-colour gradient with clutter; returns (float32 HxWx3 image, its mean colour)."""
+    """A smooth two-colour gradient with clutter (line segments and small blobs of colours near the
+    background's, so the object stays the most salient thing); returns (float32 HxWx3, mean colour)."""
     c0 = rng.uniform(30, 225, 3)
     c1 = np.clip(c0 + rng.normal(0, 35, 3), 0, 255)
     th = rng.uniform(0, 2 * math.pi)
@@ -122,19 +127,19 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(pil)
     sc = size / 64
-    for _ in range(int(rng.integers(2, 6))):  # line segments
+    for _ in range(int(rng.integers(1, 5))):  # line segments
         x0, y0, x1, y1 = rng.uniform(0, size, 4)
-        d.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in _colour(rng)),
-               width=int(rng.integers(1, 3)))
-    for _ in range(int(rng.integers(2, 7))):  # small blobs
+        d.line([(x0, y0), (x1, y1)], fill=_clutter_colour(rng, mean),
+               width=1)
+    for _ in range(int(rng.integers(1, 6))):  # small blobs
         x, y = rng.uniform(0, size, 2)
-        rx, ry = rng.uniform(1.5, 4.5, 2) * sc
-        d.ellipse([x - rx, y - ry, x + rx, y + ry], fill=tuple(int(v) for v in _colour(rng)))
+        rx, ry = rng.uniform(1.5, 3.5, 2) * sc
+        d.ellipse([x - rx, y - ry, x + rx, y + ry], fill=_clutter_colour(rng, mean))
     return np.asarray(pil, dtype=np.float32), mean
 
 
-def render_one(rng: np.random.Generator, cls: int, size: int = 64, noise: float = 12.0,
-               min_radius: float = 0.16, max_radius: float = 0.34) -> tuple[np.ndarray, np.ndarray]:
+def render_one(rng: np.random.Generator, cls: int, size: int = 64, noise: float = 8.0,
+               min_radius: float = 0.22, max_radius: float = 0.38) -> tuple[np.ndarray, np.ndarray]:
     """One image (uint8 HxWx3) of class ``cls`` and its object mask (bool HxW, coverage >= 50 %).
 
     ``min_radius``/``max_radius``: the shape's outer radius as a fraction of the image size."""
