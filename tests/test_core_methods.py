@@ -104,4 +104,4 @@ def test_default_layers_are_last_conv_block_after_relu():
     assert seeded_torchvision("resnet18").default_layer == "layer4"
     assert seeded_torchvision("vgg11").default_layer == "features.19"
     assert seeded_torchvision("alexnet", size=96).default_layer == "features.11"
-    assert demo_model().layers["features.10"].shape == (128, 8, 8)
+    assert demo_model().layers["features.10"].shape == (64, 8, 8)
