@@ -12,13 +12,12 @@ from schemas.registry import load_registry
 from workers.evaluation import bench, clever_hans
 from workers.loading import load_model
 
-REG = bench.REGISTRY_DIR / "clever-hans.yaml"
 
 
 @pytest.fixture(scope="module")
 def ch_model():
-    reg = load_registry(REG)
-    return load_model(reg.models[0], reg)
+    reg = load_registry()
+    return load_model(reg.get("clever-hans-cnn"), reg)
 
 
 def test_clever_hans_accuracy_collapses(ch_model):

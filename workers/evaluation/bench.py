@@ -47,7 +47,6 @@ EXTRA_COLUMN_DOCS = {
     "watermark": "share of the positive relevance on the 6 x 6 watermark (0.9 % of the image)",
     "watermark_area": "share of the positive relevance within 4 px of the watermark (12 x 12 px in the corner, 3.5 % "
                       "of the image): the region a coarse map can point at (a Grad-CAM cell of ShapesCNN is 8 x 8 px)"}
-REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
 
 DEFAULT_METRICS = ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "iou_gt", "sparseness",
                    "deletion_auc", "insertion_auc", "faithfulness_correlation", "robustness_fgsm", "max_sensitivity",
@@ -58,9 +57,8 @@ BENCH_METRIC_PARAMS = {"max_sensitivity": {"samples": 5}, "faithfulness_correlat
 
 # ---- model and images ---------------------------------------------------------------------------
 def find_model(name: str, registry: str | None = None) -> tuple[Registry, int]:
-    """The registry holding model ``name``: ``registry`` if given, else the default one, else any
-    ``workers/registry/*.yaml``."""
-    paths = [Path(registry)] if registry else [None] + sorted(REGISTRY_DIR.glob("*.yaml"))
+    """The registry holding model ``name``: ``registry`` if given, else the default one."""
+    paths = [Path(registry)] if registry else [None]
     for p in paths:
         reg = load_registry(p)
         for i, m in enumerate(reg.models):

@@ -11,7 +11,7 @@ a model that learned the watermark collapses without it and follows the swapped 
 
 Writes ``workers/weights/clever-hans-cnn.safetensors``, ``clever-hans-cnn.labels.txt`` and
 ``clever-hans-cnn.json`` (the accuracies); the registry entry is
-``workers/registry/clever-hans.yaml``.
+``workers/registry/default.yaml`` (as ``clever-hans-cnn``).
 
     from workers.evaluation.clever_hans import test_set
     images, labels, object_masks, watermark_masks = test_set(16, seed=3)
