@@ -72,6 +72,7 @@ def batch(model: LoadedModel, n: int = 2, seed: int = 3) -> torch.Tensor:
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| as a fraction of the reference's range."""
     assert a.shape == b.shape, (a.shape, b.shape)
+    a, b = a.detach(), b.detach()
     rng = float(b.max() - b.min())
     return float((a - b).abs().max()) / (rng if rng > 0 else 1.0)
 

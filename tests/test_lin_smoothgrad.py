@@ -139,9 +139,9 @@ def test_progress_and_used_params():
     m = get_model("demo")
     seen = []
     a = attribute(m, batch(m), 0, "smoothgrad",
-                  {"samples": 5, "internal_batch_size": 4, "base": "integrated_gradients",
-                   "base_params": {"steps": 3, "internal_batch_size": 2}},
+                  {"samples": 3, "internal_batch_size": 2, "base": "integrated_gradients",
+                   "base_params": {"steps": 2, "internal_batch_size": 4}},
                   progress=Progress(report=seen.append))
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) > 3
     assert a.used_params["base"] == "integrated_gradients"
-    assert a.used_params["base_params"]["steps"] == 3 and a.used_params["seed"] == 0
+    assert a.used_params["base_params"]["steps"] == 2 and a.used_params["seed"] == 0

@@ -297,6 +297,7 @@ def test_cam_formula_and_gradcam_axiom(model_name):
     # axiom: Grad-CAM = ReLU(CAM) / (h w), a positive factor, at the layer's resolution
     gc = gradcam_at(Context(m, x, t, parse_params("gradcam", {})), "layer4").double()
     z = A.shape[-1] * A.shape[-2]
+    record("cam", model_name, "axiom: Grad-CAM x (h w) = ReLU(CAM)", max_rel_diff(gc * z, ref.clamp(min=0)))
     assert torch.allclose(gc * z, ref.clamp(min=0), atol=1e-5 * float(ref.abs().max()))
     assert gc.max() > 0
     # and on the maps the service returns, up to that factor (ReLU before upsampling for Grad-CAM)
@@ -359,3 +360,27 @@ def test_cam_detects_functional_gap_and_refuses_anything_between():
     bad = _toy_model(nn.Tanh())
     reason = applicability(bad)["cam"]
     assert reason and "'conv'" in reason and "'fc'" in reason
+
+
+# ---- through the worker's pipeline (decode -> attribute -> reduce -> resize) ------------------------
+
+def test_pipeline_returns_maps_at_the_client_image_size():
+    from workers.pipeline import Item, run_batch
+
+    m = get_model("resnet18")
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((45, 70, 3)) * 255).astype(np.uint8))
+    methods = [{"name": "deconvnet"}, {"name": "guided_backprop"}, {"name": "guided_gradcam"}, {"name": "cam"},
+               {"name": "integrated_gradients", "params": {"steps": 4, "baseline": _png_b64(20, 30)}},
+               {"name": "smoothgrad", "params": {"samples": 2, "base": "guided_backprop"}},
+               {"name": "saliency", "params": {"smoothgrad": {"samples": 2}}}]
+    it = Item(request={"methods": methods, "outputs": ["array"], "target": 3}, image=img)
+    run_batch(m, [it])
+    assert it.error is None, it.error
+    ex = it.result["explanations"]
+    assert [e["method"] for e in ex] == [c["name"] for c in methods]
+    for e in ex:
+        assert e["array"]["shape"] == [45, 70], e["method"]
+    ig = ex[4]
+    assert ig["params"]["baseline"] == "image" and "completeness_error" in ig["metadata"]
+    assert ex[3]["params"]["layer"] == "layer4"
