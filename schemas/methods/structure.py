@@ -60,6 +60,9 @@ class DeepLiftParams(Params):
                                      description="std of the blur baseline in pixels of the model's input; "
                                                  "default min(H, W) / 10")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the uniform baseline (same seed, same map)")
+    precision: Literal["float64", "float32"] = Field(
+        "float64", description="arithmetic of the pass: float64 keeps summation-to-delta (Eq. 19) to ~1e-12; "
+                               "float32 is faster, with rounding errors up to ~1e-4 of the output difference")
 
 
 STRUCTURE_NOTES = (

@@ -42,6 +42,7 @@ register_kind("avg_pool2d", {F.avg_pool2d: False})
 register_kind("adaptive_avg_pool2d", {F.adaptive_avg_pool2d: False})
 register_kind("batch_norm", {F.batch_norm: False})
 register_kind("mean", {torch.mean: False, T.mean: False})
+register_kind("sum", {torch.sum: False, T.sum: False})
 
 # Functions that only move values around (or are the identity in eval mode): their
 # gradient routes relevance / multipliers unchanged, sample by sample.
@@ -53,6 +54,7 @@ ROUTING: frozenset[Callable] = frozenset({
     T.clone, T.to, T.float, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
     F.feature_alpha_dropout,
 })
+_REDUCTIONS = {torch.sum, T.sum, torch.mean, T.mean}
 _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 
 
@@ -65,7 +67,7 @@ def kind_functions(*kinds: str) -> set[Callable]:
 
 # What each method family can pass relevance through (rules + routing).
 LRP_KINDS = ("relu", "conv2d", "linear", "add", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-             "batch_norm", "mean")
+             "batch_norm", "mean", "sum")
 DEEPLIFT_KINDS = LRP_KINDS
 COVERED: dict[str, frozenset[Callable]] = {
     "lrp": frozenset(kind_functions(*LRP_KINDS) | ROUTING),
@@ -103,6 +105,11 @@ def call_problem(func: Callable, args: tuple, kwargs: dict) -> str | None:
             return "batch normalisation with batch statistics (training mode or no running statistics)"
     if func is F.max_pool2d and _arg(args, kwargs, 6, "return_indices", False):
         return "max-pooling that returns indices"
+    if func in _REDUCTIONS:
+        x, dim = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "dim")
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        if dim is None or any(d is None or (d % max(x.dim(), 1)) == 0 for d in dims):
+            return f"{func_name(func)} over the batch dimension"
     return None
 
 
@@ -123,7 +130,12 @@ class CheckedRuleMode(RuleMode):
                 raise MethodError(f"{self.method}: {problem} has no relevance rule")
         if func in self._dispatch:
             return super().__torch_function__(func, types, args, kwargs)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception:  # an uncovered op may also fail on the pass's batch layout or dtype
+            if func not in self.covered and (_any_grad(args) or _any_grad(list(kwargs.values()))):
+                raise MethodError(f"{self.method} has no rule for {func_name(func)!r} met in the forward pass")
+            raise
         if func not in self.covered and _any_grad(out):
             raise MethodError(f"{self.method} has no rule for {func_name(func)!r} met in the forward pass")
         return out

@@ -190,18 +190,23 @@ class _RCLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a4, n, f, w, b):
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        # parameters are cast to the pass's dtype here and again in backward (not kept in float64)
+        w_, b_ = w.to(a4.dtype), None if b is None else b.to(a4.dtype)
+        wp, wn = w_.clamp(min=0), w_.clamp(max=0)
         dp, dn = a4[2 * n:3 * n], a4[3 * n:]
-        y = f(a4[:2 * n], w, b)
+        y = f(a4[:2 * n], w_, b_)
         yp = f(dp, wp, None) + f(dn, wn, None)
         yn = f(dp, wn, None) + f(dn, wp, None)
-        ctx.f, ctx.wp, ctx.wn, ctx.n = f, wp, wn, n
+        ctx.f, ctx.w, ctx.n = f, w, n
         ctx.like = torch.zeros_like(dp)
         return torch.cat([y, yp, yn])
 
     @staticmethod
     def backward(ctx, g4):
-        n, f, wp, wn, like = ctx.n, ctx.f, ctx.wp, ctx.wn, ctx.like
+        n, f, like = ctx.n, ctx.f, ctx.like
+        w_ = ctx.w.to(like.dtype)
+        wp, wn = w_.clamp(min=0), w_.clamp(max=0)
+        del w_
         gp, gn = g4[2 * n:3 * n], g4[3 * n:]
         mp = vjp(f, like, wp, gp) + vjp(f, like, wn, gn)
         mn = vjp(f, like, wp, gn) + vjp(f, like, wn, gp)
@@ -223,7 +228,17 @@ def bind_linear(func, args: tuple, kwargs: dict, spec) -> tuple:
     for k, v in kwargs.items():
         vals[names.index(k)] = v
     rest = vals[3:]
-    return vals[0], vals[1], vals[2], (lambda a, w, b: func(a, w, b, *rest))
+
+    def f(a, w, b):
+        return func(a, w, b, *rest)
+
+    if spec is LINEAR_ARGS:
+        f.transpose = lambda like, w, s: (s @ w).reshape(like.shape)
+    elif func is torch.conv2d and not isinstance(rest[1], str):  # padding 'same' / 'valid': autograd
+        stride, padding, dilation, groups = rest
+        f.transpose = lambda like, w, s: torch.nn.grad.conv2d_input(like.shape, w, s, stride, padding,
+                                                                     dilation, groups)
+    return vals[0], vals[1], vals[2], f
 
 
 def bind_batch_norm(args: tuple, kwargs: dict) -> tuple:
@@ -261,6 +276,20 @@ class RCBatchNormRule(Rule):
         return _RCLinear.apply(x, self.n, f, scale, shift)
 
 
+class CastRule(Rule):
+    """conv2d / linear / batch_norm in the pass's precision: parameters cast to the input's dtype."""
+
+    def call(self, func, args, kwargs, index):
+        x = args[0] if args else kwargs["input"]
+
+        def cast(v):
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != x.dtype:
+                return v.to(x.dtype)
+            return v
+
+        return func(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+
+
 class RCAddRule(Rule):
     """Additions of two path tensors are linear with no offset (D+ and D- add up); an
     added constant would need to stay out of D+/D-, which is not supported."""
@@ -285,16 +314,27 @@ class RCReLURule(Rule):
 # ---- driver ----------------------------------------------------------------------------------------
 
 def deeplift(net: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
-             rule: str = "rescale") -> tuple[torch.Tensor, list[dict]]:
-    """DeepLIFT attributions (N, C, H, W) of ``S_c(x) - S_c(x0)`` and per-sample summation-to-delta."""
+             rule: str = "rescale", dtype: torch.dtype | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """DeepLIFT attributions (N, C, H, W) of ``S_c(x) - S_c(x0)`` and per-sample summation-to-delta.
+
+    The pass runs in ``dtype`` (default float64, float32 on MPS): the multipliers are ratios of
+    differences and RevealCancel sums positive and negative partial contributions that are often
+    ~100 times larger than the output difference; in float32 the rounding alone can break Eq. 19 by
+    ~1e-4 relative. Parameters are cast per call; the model is not touched. The map comes back in
+    the input's dtype."""
     n = x.shape[0]
-    x, x0 = x.detach(), x0.detach().to(x)
+    out_dtype = x.dtype
+    if dtype is None:
+        dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    x, x0 = x.detach().to(dtype), x0.detach().to(device=x.device, dtype=dtype)
     dx = x - x0
     t = targets.view(-1, 1)
+    cast = CastRule()
     with torch.enable_grad():
         if rule == "rescale":
             xx = torch.cat([x, x0]).requires_grad_(True)
-            rules = {"relu": RescaleReLURule(n), "max_pool2d": RescaleMaxPoolRule(n)}
+            rules = {"relu": RescaleReLURule(n), "max_pool2d": RescaleMaxPoolRule(n),
+                     "conv2d": cast, "linear": cast, "batch_norm": cast}
             with CheckedRuleMode(rules, COVERED["deeplift"], "deeplift"):
                 out = net(xx)
             seed = torch.zeros_like(out)
@@ -325,7 +365,7 @@ def deeplift(net: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, targets: t
         meta.append({"score": float(s[i]), "reference_score": float(s0[i]), "delta": d, "attribution_sum": a,
                      "summation_to_delta_error": a - d,
                      "summation_to_delta_relative_error": abs(a - d) / max(abs(d), 1e-12)})
-    return attr.detach(), meta
+    return attr.detach().to(out_dtype), meta
 
 
 # ---- references --------------------------------------------------------------------------------------

@@ -38,7 +38,11 @@ def stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def vjp(f: LayerFn, like: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """J(w)^T s for the linear map a -> f(a, w, None), at an input shaped like ``like``."""
+    """J(w)^T s for the linear map a -> f(a, w, None), at an input shaped like ``like``
+    (``f.transpose`` when the layer provides one: a transposed convolution / matmul)."""
+    transpose = getattr(f, "transpose", None)
+    if transpose is not None:
+        return transpose(like, w, s)
     with torch.enable_grad():
         a = torch.zeros_like(like).requires_grad_(True)
         z = f(a, w, None)
@@ -209,11 +213,12 @@ class NormFunction(torch.autograd.Function):
     linear layer (Zennit's "Norm" rule): residual additions (each summand gets its share
     a_k / (a_1 + a_2) of the relevance), average pooling, adaptive average pooling, mean.
 
-    ``f(*xs)`` is the op on its tensor operands; R_k = x_k (.) J_k^T [R / stabilise(z)]."""
+    ``f(*xs)`` is the op on its tensor operands; R_k = x_k (.) J_k^T [R / stabilise(z, eps)]
+    (eps = 1e-6 as in Zennit; 0 for LRP-0, which divides only where z != 0)."""
 
     @staticmethod
-    def forward(ctx, f, *xs):
-        ctx.f = f
+    def forward(ctx, f, eps, *xs):
+        ctx.f, ctx.eps = f, eps
         ctx.xs = [x.detach().clone() for x in xs]  # operands may be overwritten in place (out += identity)
         return f(*xs)
 
@@ -222,5 +227,5 @@ class NormFunction(torch.autograd.Function):
         with torch.enable_grad():
             xs = [x.requires_grad_(True) for x in ctx.xs]
             z = ctx.f(*xs)
-            gs = torch.autograd.grad(z, xs, r / stabilise(z.detach(), STABILIZER))
-        return (None, *[x.detach() * g for x, g in zip(xs, gs)])
+            gs = torch.autograd.grad(z, xs, r / stabilise(z.detach(), ctx.eps))
+        return (None, None, *[x.detach() * g for x, g in zip(xs, gs)])

@@ -123,8 +123,9 @@ class AddRule(Rule):
     """Residual additions: each summand gets relevance in proportion to its contribution
     (a_k / (a_1 + a_2 + 1e-6 sign)); an added constant acts as a bias."""
 
-    def __init__(self, bias: bool):
+    def __init__(self, bias: bool, eps: float = STABILIZER):
         self.bias = bias
+        self.eps = eps
 
     def call(self, func, args, kwargs, index):
         inplace = func in (torch.Tensor.add_, torch.Tensor.__iadd__)
@@ -134,9 +135,9 @@ class AddRule(Rule):
         if not isinstance(a, torch.Tensor):  # __radd__ with a python number first
             a, other = other, a
         if isinstance(other, torch.Tensor) and other.requires_grad:
-            out = NormFunction.apply(lambda p, q: torch.add(p, q, alpha=alpha), a, other)
+            out = NormFunction.apply(lambda p, q: torch.add(p, q, alpha=alpha), self.eps, a, other)
         elif self.bias:
-            out = NormFunction.apply(lambda p: torch.add(p, other, alpha=alpha), a)
+            out = NormFunction.apply(lambda p: torch.add(p, other, alpha=alpha), self.eps, a)
         else:
             with torch.no_grad():
                 shift = torch.add(torch.zeros_like(a), other, alpha=alpha)
@@ -145,22 +146,29 @@ class AddRule(Rule):
 
 
 class PoolRule(Rule):
-    """Average pooling, adaptive average pooling and mean: linear layers with positive weights."""
+    """Average pooling, adaptive average pooling, mean and sum over feature dimensions: linear layers
+    with positive weights."""
+
+    def __init__(self, eps: float = STABILIZER):
+        self.eps = eps
 
     def call(self, func, args, kwargs, index):
         x = args[0] if args else kwargs["input"]
         rest, kw = args[1:], {k: v for k, v in kwargs.items() if k != "input"}
-        return NormFunction.apply(lambda p: func(p, *rest, **kw), x)
+        return NormFunction.apply(lambda p: func(p, *rest, **kw), self.eps, x)
 
 
 def relevance_pass(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, choose: Chooser, bias: bool,
-                   method: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(relevance at the input (N, C, H, W), logits, rule per conv/linear call)."""
+                   method: str, norm_eps: float = STABILIZER) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(relevance at the input (N, C, H, W), logits, rule per conv/linear call).
+
+    ``norm_eps``: stabiliser of the proportional rule at additions and average pools."""
     analysis = model_analysis(model)
     layers = LinearLayerRule(choose, analysis)
-    pool = PoolRule()
-    rules = {"conv2d": layers, "linear": layers, "batch_norm": BatchNormRule(layers, bias), "add": AddRule(bias),
-             "avg_pool2d": pool, "adaptive_avg_pool2d": pool, "mean": pool}
+    pool = PoolRule(norm_eps)
+    rules = {"conv2d": layers, "linear": layers, "batch_norm": BatchNormRule(layers, bias),
+             "add": AddRule(bias, norm_eps),
+             "avg_pool2d": pool, "adaptive_avg_pool2d": pool, "mean": pool, "sum": pool}
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
         with CheckedRuleMode(rules, COVERED["lrp"], method):
@@ -195,7 +203,9 @@ def lrp(ctx: Context) -> Attribution:
     p = ctx.params
     low, high = ctx.model.input_bounds()
     ctx.progress(0.0)
-    rel, logits, used = relevance_pass(ctx.model, ctx.x, ctx.targets, lrp_chooser(p, low, high), p.bias, "lrp")
+    lrp0 = p.composite is None and p.rule == "zero"  # Eq. 12 unstabilised, also at additions and pools
+    rel, logits, used = relevance_pass(ctx.model, ctx.x, ctx.targets, lrp_chooser(p, low, high), p.bias, "lrp",
+                                       0.0 if lrp0 else STABILIZER)
     ctx.progress(1.0)
     params = p.model_dump()
     params["layer_rules"] = dict(Counter(used))
@@ -219,6 +229,8 @@ def deeplift_method(ctx: Context) -> Attribution:
     p = ctx.params
     ctx.progress(0.0)
     x0, used = reference_input(ctx.model, ctx.x, p.baseline, p.seed, p.blur_sigma)
-    attr, meta = deeplift(ctx.net, ctx.x, x0, ctx.targets, p.rule)
+    dtype = torch.float64 if p.precision == "float64" and ctx.x.device.type != "mps" else torch.float32
+    attr, meta = deeplift(ctx.net, ctx.x, x0, ctx.targets, p.rule, dtype)
     ctx.progress(1.0)
-    return Attribution(attr, used_params={"rule": p.rule, **used}, meta=meta)
+    return Attribution(attr, used_params={"rule": p.rule, **used, "precision": str(dtype).replace("torch.", "")},
+                       meta=meta)
