@@ -48,6 +48,13 @@ def resolve_target(model: LoadedModel, target: int | str, predicted: int) -> int
     raise TargetError(f"unknown class label {target!r}; labels: {', '.join(model.labels)}", field="target")
 
 
+def default_reduce(method: str, params: dict) -> str:
+    """The method's catalog default; SmoothGrad reduces as its base method does (sum over IG)."""
+    if method == "smoothgrad" and params.get("base") in CATALOG:
+        method = params["base"]
+    return CATALOG[method].default_reduce
+
+
 def _call_key(call: dict) -> str:
     return call["name"] + json.dumps(call.get("params") or {}, sort_keys=True)
 
@@ -121,8 +128,7 @@ def run_batch(model: LoadedModel, items: list[Item]) -> None:
 def _render_one(model: LoadedModel, it: Item, call: dict, raw: torch.Tensor, params: dict, meta: dict,
                 compute_ms: float) -> dict:
     req = it.request
-    spec = CATALOG[call["name"]]
-    how = req.get("reduce") or spec.default_reduce
+    how = req.get("reduce") or default_reduce(call["name"], params)
     if how == "single":
         how = "max_abs"
     w, h = it.image.size
