@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from workers.explain.base import Attribution, Context, forward_to_layer, register
-from workers.explain.gradients import upsample
+from workers.explain.base import Attribution, Context, register
+from workers.explain.gradients import layer_output, upsample
 
 
 def fem_map(acts: torch.Tensor, k: float) -> torch.Tensor:
@@ -25,9 +25,10 @@ def fem_map(acts: torch.Tensor, k: float) -> torch.Tensor:
 
 @register("fem")
 def fem(ctx: Context) -> Attribution:
-    """No gradient and no classifier head: the forward pass stops at the layer."""
+    """No gradient and no classifier head: the forward pass stops at the layer (at its last
+    call when a module is called more than once, the activation Grad-CAM uses)."""
     layer = ctx.model.resolve_layer(ctx.params.layer, "fem")
     with torch.inference_mode():
-        acts = forward_to_layer(ctx.net, ctx.model.module_at(layer), ctx.x)
+        acts = layer_output(ctx.model, layer, ctx.x)
         m = upsample(fem_map(acts, ctx.params.k), ctx.x.shape[-2:])
     return Attribution(m.clone(), used_params={"layer": layer})

@@ -1,6 +1,8 @@
 """Plain-gradient methods: saliency (§4.2) and Grad-CAM (§4.6)."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -35,3 +37,61 @@ def gradcam(ctx: Context) -> Attribution:
     layer = ctx.model.resolve_layer(ctx.params.layer, "gradcam")
     cam = gradcam_at(ctx, layer)
     return Attribution(upsample(cam, ctx.x.shape[-2:]), used_params={"layer": layer})
+
+
+# ---- the forward pass up to a layer (FEM, CAM: no gradient, no classifier head) ----------
+
+_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, int]]" = weakref.WeakKeyDictionary()
+
+
+class _StopAtLayer(Exception):
+    pass
+
+
+def calls_per_forward(model, layer: str) -> int:
+    """How many times the module ``layer`` is called in one forward pass (a ResNet block's
+    ``relu`` module is called twice); probed once per model and layer, then cached."""
+    net = model.module
+    known = _CALLS.get(net)
+    if known is None:
+        known = _CALLS[net] = {}
+    if layer not in known:
+        count = [0]
+
+        def hook(mod, inp, out):
+            count[0] += 1
+
+        h = model.module_at(layer).register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                net(torch.zeros(1, model.channels, *model.input_size, device=model.device))
+        finally:
+            h.remove()
+        known[layer] = count[0]
+    return known[layer]
+
+
+def layer_output(model, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of the *last* call of module ``layer`` (the activation Grad-CAM differentiates),
+    running the network no further than that call. Call under ``torch.inference_mode()``."""
+    n = calls_per_forward(model, layer)
+    seen = [0]
+    kept: list[torch.Tensor | None] = [None]
+
+    def hook(mod, inp, out):
+        seen[0] += 1
+        if seen[0] >= n:
+            kept[0] = out
+            raise _StopAtLayer
+        kept[0] = out.clone()  # only used if this forward calls the layer fewer times than the probe
+
+    h = model.module_at(layer).register_forward_hook(hook)
+    try:
+        model.module(x)
+    except _StopAtLayer:
+        pass
+    finally:
+        h.remove()
+    if kept[0] is None:
+        raise RuntimeError(f"layer {layer!r} was not reached in the forward pass")
+    return kept[0]

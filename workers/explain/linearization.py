@@ -13,7 +13,7 @@ import torch.nn as nn
 from workers.errors import MethodError
 from workers.explain import integrated, smooth  # noqa: F401  (register their methods)
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.gradients import gradcam_at, upsample
+from workers.explain.gradients import gradcam_at, layer_output, upsample
 from workers.explain.relu_rules import rectifier_mode
 from workers.loading import LoadedModel
 
@@ -158,11 +158,14 @@ def cam_applicable(model: LoadedModel) -> str | None:
 def cam_at(ctx: Context, layer: str) -> torch.Tensor:
     """sum_k w_{c,k} A_k at the layer's resolution (N, 1, h, w), signed (Zhou et al., no ReLU)."""
     lin = find_gap_linear_head(ctx.model).linear
-    acts: dict[str, torch.Tensor] = {}
-    with torch.inference_mode(), _Hook(ctx.model.module_at(layer), acts, layer):
-        ctx.net(ctx.x)
-    a = acts[layer]
-    w = lin.weight[ctx.targets].to(a.dtype)  # (N, K)
+    with torch.inference_mode():  # no gradient; the forward pass stops at the layer's last call
+        a = layer_output(ctx.model, layer, ctx.x)
+        return cam_from(lin, a, ctx.targets)
+
+
+def cam_from(lin: nn.Linear, a: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum_k w_{c,k} A_k per sample from the activation A (N, K, h, w) (shared with the fused pass)."""
+    w = lin.weight[targets].to(a.dtype)  # (N, K)
     return torch.einsum("nk,nkhw->nhw", w, a).unsqueeze(1)
 
 
