@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from workers.errors import MethodError
-from workers.explain import engine
 from workers.explain.engine import FUNCTION_KINDS, RuleMode, register_kind
 
 T = torch.Tensor
@@ -267,4 +266,4 @@ def model_analysis(model) -> Analysis:
     return analysis_of(model.module, (model.channels, *model.input_size))
 
 
-__all__ = ["Analysis", "CheckedRuleMode", "COVERED", "ROUTING", "analysis_of", "model_analysis", "engine"]
+__all__ = ["Analysis", "CheckedRuleMode", "COVERED", "ROUTING", "analysis_of", "model_analysis"]
