@@ -23,6 +23,14 @@ class AdversarialParams(Params):
     attack: Literal["fgsm", "pgd", "deepfool", "one_pixel"] = Field(
         "pgd", description="fgsm (Goodfellow et al.), pgd (Madry et al., L-inf), deepfool (Moosavi-Dezfooli et al.), "
                            "one_pixel (Su et al., differential evolution)")
+    loss: Literal["log_odds", "margin", "cross_entropy"] = Field(
+        "log_odds",
+        description="fgsm/pgd/one_pixel: the loss L the attack increases, on the logits z. log_odds: "
+                    "logsumexp_{j!=t} z_j - z_t = -log(p_t/(1-p_t)); cross-entropy is softplus(L), so the attack "
+                    "direction is the classical CE one (Goodfellow et al., Madry et al.) but the gradient does not "
+                    "vanish when p_t rounds to 1 in float32. margin: max_{j!=t} z_j - z_t (Carlini & Wagner). "
+                    "cross_entropy: CE on the float32 softmax (gives a zero map, with a warning, on saturated "
+                    "predictions)")
     epsilon: float = Field(8 / 255, gt=0.0, le=1.0,
                            description="fgsm/pgd: L-inf radius on the [0,1] pixel scale; in the normalised input it is "
                                        "epsilon / std of each channel")
@@ -66,6 +74,12 @@ class LimeParams(Params):
                                 description="sample weight exp(-d^2 / (2 w^2)), d = cosine distance between the "
                                             "perturbed and the original normalised input (Captum's default kernel)")
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="ridge penalty of the weighted linear surrogate")
+    score: Literal["log_odds", "logit", "probability"] = Field(
+        "log_odds",
+        description="what the surrogate models: log_odds = log(p_t/(1-p_t)) = z_t - logsumexp_{j!=t} z_j from the "
+                    "logits (the probability on the logit link, as KernelSHAP's link='logit'); logit = the "
+                    "pre-softmax score z_t; probability = the softmax p_t (Ribeiro et al.; constant, hence a zero "
+                    "map with a warning, when the prediction is saturated at p_t = 1.0 in float32)")
     seed: int | None = Field(None, description=SEED_DOC)
 
 
@@ -79,6 +93,16 @@ class MeaningfulParams(Params):
     blur_sigma: float | None = Field(None, gt=0.0, le=256.0,
                                      description="sigma of the blur that deletes, in input pixels "
                                                  "(unset: 10 at 224 px, proportionally smaller for smaller inputs)")
+    score: Literal["log_odds", "probability"] = Field(
+        "log_odds",
+        description="deletion: the score the blur drives down. log_odds: the target's log-odds z_t - "
+                    "logsumexp_{j!=t} z_j from the logits, hinged at the log-odds of `drop_to` and scaled to [0, 1] "
+                    "by its value on the image (works on saturated predictions and on any logit scale); "
+                    "probability: the softmax p_t of Fong & Vedaldi 2017 (its gradient is 0, hence a zero map "
+                    "with a warning, when p_t is exactly 1.0 in float32)")
+    drop_to: float = Field(0.05, gt=0.0, lt=1.0,
+                           description="deletion, score=log_odds: the target probability the deletion aims for; "
+                                       "below it the score term is flat and L1/TV shrink the mask")
     l1_coeff: float = Field(0.05, ge=0.0, le=100.0, description="deletion: weight of the mean deleted area (L1)")
     tv_coeff: float = Field(0.2, ge=0.0, le=100.0, description="deletion: weight of the total variation of the mask")
     tv_beta: float = Field(3.0, ge=1.0, le=10.0, description="deletion: exponent of the total-variation term")
@@ -97,7 +121,10 @@ method(name="adversarial", family="adversarial", paper="§6", params=Adversarial
        summary="x_adv - x for an untargeted attack pushing the input away from the target class "
                "(fgsm, pgd, deepfool, one_pixel); metadata: flipped, perturbation norms",
        notes=("epsilon and step_size are on the [0,1] pixel scale; x_adv is clamped to the model's input box",
-              "one_pixel's map is |x_adv - x| (non-zero exactly at the changed pixels)"))
+              "one_pixel's map is |x_adv - x| (non-zero exactly at the changed pixels)",
+              "the default loss (log_odds, computed from the logits) keeps the cross-entropy attack's direction "
+              "and works on saturated predictions (softmax probability exactly 1.0), where the CE gradient is 0",
+              "a sample whose map is exactly zero carries a `warning` in its metadata"))
 method(name="adversarial_generators", family="adversarial", paper="§6 Eq. 27", params=GeneratorParams,
        default_reduce="sum",
        summary="R(x) = |g_s(x) - g_a(x)| (Charachon et al.): a similar-image generator keeps the binary decision, an "
@@ -107,9 +134,14 @@ method(name="occlusion", family="black_box", paper="§2.1 Fig. 1", params=Occlus
        summary="Sliding window (Zeiler & Fergus): relevance of a pixel = drop of the target's pre-softmax score when a "
                "window covering it is hidden, averaged over the windows that cover it")
 method(name="lime", family="black_box", paper="§2.1", params=LimeParams, default_reduce="sum", stochastic=True,
-       summary="LIME (Ribeiro et al.): weighted ridge surrogate of the target probability over superpixels switched "
-               "on/off; relevance of a pixel = its superpixel's coefficient")
+       summary="LIME (Ribeiro et al.): weighted ridge surrogate of the target's score (log-odds by default) over "
+               "superpixels switched on/off; relevance of a pixel = its superpixel's coefficient",
+       notes=("score=log_odds (default) and logit are computed from the logits and work on saturated predictions; "
+              "score=probability does not (zero map and a `warning` in the metadata)",))
 method(name="meaningful_perturbation", family="black_box", paper="§2.1 (Fong & Vedaldi)", params=MeaningfulParams,
        default_reduce="sum", stochastic=True,
        summary="Blur mask optimised by Adam: deletion (smallest region whose blurring drops the target probability, "
-               "L1 + TV) or extremal (fixed-area region whose preservation keeps it); relevance = deleted / kept mask")
+               "L1 + TV) or extremal (fixed-area region whose preservation keeps it); relevance = deleted / kept mask",
+       notes=("deletion's default score (log_odds, from the logits) works on saturated predictions; "
+              "score=probability (the 2017 paper's) gives a zero map with a `warning` there",
+              "a sample whose map is exactly zero carries a `warning` in its metadata"))

@@ -7,15 +7,34 @@
    first is all ones (the image itself), as in LIME. Off superpixels take the fill.
 3. Sample weight exp(-d^2 / (2 w^2)) with d = 1 - cos(x, x') between the flattened
    normalised inputs (Captum's default similarity kernel).
-4. Weighted ridge regression of the target's softmax probability on z (intercept not
-   penalised); the relevance of a pixel is its superpixel's coefficient."""
+4. Weighted ridge regression of the target's score on z (intercept not penalised); the
+   relevance of a pixel is its superpixel's coefficient.
+
+The score (``score``): log_odds (default) = log(p_t / (1 - p_t)) = z_t - logsumexp_{j!=t} z_j
+from the logits z - the probability on the logit link, as KernelSHAP's ``link="logit"``
+(Lundberg & Lee 2017); logit = the pre-softmax z_t (what Captum's Lime explains when the
+forward function returns logits); probability = softmax p_t (Ribeiro et al.'s original). The
+probability is exactly 1.0 in float32 for confident predictions, then constant over most
+perturbations and the surrogate's coefficients are 0; log_odds and logit keep their resolution.
+A sample whose score does not vary over the draws (zero map) gets a ``warning`` in its metadata."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from workers.explain.base import Attribution, Context, register
-from workers.explain.perturb_utils import batch_for, fill_image, generator, seed_of
+from workers.explain.perturb_utils import batch_for, fill_image, generator, log_odds, seed_of, softmax_saturated
+
+
+def lime_score(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
+    """The per-sample value the surrogate models (float32 logits in, float64 out)."""
+    if score == "log_odds":
+        return log_odds(logits.double(), targets)
+    if score == "logit":
+        return logits.double().gather(1, targets.view(-1, 1)).squeeze(1)
+    if score == "probability":
+        return torch.softmax(logits.float(), 1).gather(1, targets.view(-1, 1)).squeeze(1).double()
+    raise ValueError(f"unknown score {score!r}")
 
 
 def segment(model, x: torch.Tensor, method: str, segments: int) -> np.ndarray:
@@ -83,7 +102,7 @@ def weighted_ridge(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: flo
 
 def lime_one(ctx: Context, i: int, seg: torch.Tensor, k: int, z: torch.Tensor, fill: torch.Tensor,
              progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target probabilities and kernel weights of the perturbed copies of sample i."""
+    """Target scores and kernel weights of the perturbed copies of sample i."""
     x = ctx.x[i].detach()
     t = int(ctx.targets[i])
     chunk = batch_for(ctx.x)
@@ -93,11 +112,21 @@ def lime_one(ctx: Context, i: int, seg: torch.Tensor, k: int, z: torch.Tensor, f
         for s in range(0, z.shape[0], chunk):
             mask = zd[s:s + chunk][:, seg].unsqueeze(1)  # (B, 1, H, W)
             imgs = x * mask + fill * (1 - mask)
-            ys.append(torch.softmax(ctx.net(imgs).float(), 1)[:, t].cpu())
+            tt = torch.full((imgs.shape[0],), t, dtype=torch.long, device=imgs.device)
+            ys.append(lime_score(ctx.net(imgs), tt, ctx.params.score).cpu())
             ws.append(cosine_kernel(x, imgs, ctx.params.kernel_width).cpu())
             if progress is not None:
                 progress(min(s + chunk, z.shape[0]) / z.shape[0])
     return torch.cat(ys), torch.cat(ws)
+
+
+def _warning(score: str, spread: float, saturated: bool) -> str:
+    if spread == 0 and score == "probability" and saturated:
+        return ("zero map: the target's softmax probability is exactly 0 or 1 in float32 on every perturbed image "
+                "(saturated); use score=log_odds or score=logit")
+    if spread == 0:
+        return "zero map: the target's score is the same on every perturbed image"
+    return "zero map: the surrogate's coefficients are all zero"
 
 
 @register("lime")
@@ -107,6 +136,8 @@ def lime(ctx: Context) -> Attribution:
     maps = torch.zeros(n, 1, h, w, dtype=ctx.x.dtype, device=ctx.x.device)
     meta = []
     blur = fill_image(ctx.model, ctx.x.detach(), "blur", max(h, w) / 16) if p.fill == "blur" else None
+    with torch.no_grad():
+        sat = softmax_saturated(ctx.net(ctx.x.detach()), ctx.targets).cpu()
     for i in range(n):
         prog = ctx.progress.sub(i / n, (i + 1) / n)
         prog(0.0)
@@ -123,7 +154,14 @@ def lime(ctx: Context) -> Attribution:
         y, wts = lime_one(ctx, i, seg, k, z, fill, prog)
         beta, b, r2 = weighted_ridge(z, y, wts, p.alpha)
         maps[i, 0] = beta.to(maps.dtype).to(maps.device)[seg]
-        meta.append({"superpixels": k, "intercept": b, "weighted_r2": r2})
+        mi = {"superpixels": k, "intercept": b, "weighted_r2": r2, "score_range": float(y.max() - y.min())}
+        if not bool((maps[i] != 0).any()):
+            mi["warning"] = _warning(p.score, float(y.max() - y.min()), bool(sat[i]))
+        elif p.score == "probability" and bool(sat[i]):
+            mi["warning"] = ("the target's softmax probability of the image is exactly 0 or 1 in float32 (saturated): "
+                             "the map only reflects the few perturbed images where it moved; use score=log_odds")
+        meta.append(mi)
     return Attribution(maps, used_params={"samples": p.samples, "segments": p.segments, "segmentation": p.segmentation,
+                                          "score": p.score,
                                           "fill": p.fill, "kernel_width": p.kernel_width, "alpha": p.alpha,
                                           "seed": seed_of(p.seed)}, meta=meta)

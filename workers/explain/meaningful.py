@@ -4,10 +4,21 @@
 The mask m in [0,1] (1 = keep) lives on a grid ``mask_scale`` times coarser than the
 input and is upsampled bilinearly; the perturbed input is x*m + blur(x)*(1-m).
 
-- deletion: minimise  l1 * mean(1 - m) + tv * TV_beta(m) + p_c(perturbed + noise)
-  (p_c the target's softmax probability; the noise, seeded, is the stochastic
-  perturbation of the paper). Relevance = 1 - m: what has to be blurred to drop the score.
-- extremal (preservation game): maximise S_c(perturbed) subject to area(m) = a, enforced as
+- deletion: minimise  l1 * mean(1 - m) + tv * TV_beta(m) + f_c(perturbed + noise)
+  (the noise, seeded, is the stochastic perturbation of the paper). Relevance = 1 - m: what
+  has to be blurred to drop the score. f_c (``score``):
+  * probability: p_c, the target's softmax probability (Fong & Vedaldi 2017). When p_c rounds
+    to 1.0 in float32 (a saturated prediction) its gradient is exactly 0, the mask never moves
+    and the map is zero (reported as a ``warning``).
+  * log_odds (default): the target's log-odds s = z_c - logsumexp_{j!=c} z_j (from the logits,
+    never saturates; p_c = sigmoid(s)), hinged at the log-odds s_q of the probability ``drop_to``
+    and scaled to [0, 1] by its value on the image:  f = (max(s, s_q) - s_q) / (s(x) - s_q).
+    f falls from 1 to 0 as the blur drives p_c down to ``drop_to``; below that it is flat, so
+    the L1/TV terms shrink the mask back to the boundary: the smallest (regularised) blur
+    mask that drops the target's probability to ``drop_to``. Being a ratio of logit
+    differences, f and hence the mask do not depend on the scale of the logits.
+- extremal (preservation game): maximise S_c(perturbed) (the logit: no saturation) subject to
+  area(m) = a, enforced as
   lambda * mean((sort(m) - r_a)^2), r_a the sorted mask of a region of fraction a, lambda
   ramped linearly to 300 over the first half of the iterations.
   Relevance = m: the region of area a that keeps the score highest.
@@ -15,11 +26,13 @@ Both by Adam with the mask clamped to [0,1] after every step; all samples of the
 are optimised together (independent losses)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.perturb_utils import gaussian_blur, generator, seed_of
+from workers.explain.perturb_utils import gaussian_blur, generator, log_odds, seed_of, softmax_saturated
 
 AREA_WEIGHT = 300.0  # lambda of the extremal area constraint (TorchRay's default weight)
 NOISE = 0.05  # std of the stochastic perturbation, on the [0,1] pixel scale
@@ -53,6 +66,12 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
     ref = torch.zeros(h * w, dtype=x.dtype, device=x.device)
     if k_keep > 0:
         ref[-k_keep:] = 1.0
+    with torch.no_grad():
+        logits0 = net(x)
+        s0 = log_odds(logits0.float(), t)
+    s_q = math.log(p.drop_to / (1 - p.drop_to))
+    active = s0 > s_q  # otherwise the target is already below drop_to: nothing to delete (f = 0)
+    span = torch.where(active, s0 - s_q, torch.ones_like(s0))
     with torch.enable_grad():
         for it in range(p.iterations):
             if it % 10 == 0:
@@ -68,9 +87,13 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
                 loss = (-score + lam * area).sum()
             else:
                 noise = torch.randn(xm.shape, generator=g, dtype=x.dtype).to(x.device) * (NOISE / std)
-                prob = torch.softmax(net(xm + noise), 1).gather(1, t.view(-1, 1)).squeeze(1)
+                z = net(xm + noise)
+                if p.score == "probability":
+                    f = torch.softmax(z, 1).gather(1, t.view(-1, 1)).squeeze(1)
+                else:
+                    f = torch.where(active, (log_odds(z, t).clamp_min(s_q) - s_q) / span, torch.zeros_like(span))
                 loss = (p.l1_coeff * (1 - theta).abs().flatten(1).mean(1) + p.tv_coeff * tv_norm(theta, p.tv_beta)
-                        + prob).sum()
+                        + f).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -79,16 +102,35 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
     with torch.no_grad():
         m = F.interpolate(theta.detach(), size=(h, w), mode="bilinear", align_corners=False)
         xm = x * m + blurred * (1 - m)
-        pm = torch.softmax(net(xm), 1).gather(1, t.view(-1, 1)).squeeze(1)
-        p0 = torch.softmax(net(x), 1).gather(1, t.view(-1, 1)).squeeze(1)
+        zm = net(xm).float()
+        pm = torch.softmax(zm, 1).gather(1, t.view(-1, 1)).squeeze(1)
+        p0 = torch.softmax(logits0.float(), 1).gather(1, t.view(-1, 1)).squeeze(1)
+        sm = log_odds(zm, t)
+        sat = softmax_saturated(logits0, t)
     ctx.progress(1.0)
     rel = m if extremal else 1 - m
-    meta = [{"target_probability": float(p0[i]), "perturbed_target_probability": float(pm[i]),
-             "kept_fraction": float(m[i].mean())} for i in range(n)]
+    meta = []
+    for i in range(n):
+        mi = {"target_probability": float(p0[i]), "perturbed_target_probability": float(pm[i]),
+              "target_log_odds": float(s0[i]), "perturbed_target_log_odds": float(sm[i]),
+              "kept_fraction": float(m[i].mean())}
+        if p.score == "probability" and bool(sat[i]) and not extremal:
+            # the probability's gradient is 0 (or noise-level: Adam still moves the mask a little)
+            mi["warning"] = ("the target's softmax probability is exactly 0 or 1 in float32 (saturated): the "
+                             "probability objective has no gradient and the map is (near) zero and meaningless; "
+                             "use score=log_odds")
+        elif not bool((rel[i] != 0).any()):
+            if not extremal and p.score == "log_odds" and float(p0[i]) <= p.drop_to:
+                mi["warning"] = "zero map: the target's probability is already at most drop_to, nothing to delete"
+            else:
+                mi["warning"] = "zero map: the mask did not move"
+        meta.append(mi)
     used = {"variant": p.variant, "iterations": p.iterations, "blur_sigma": sigma, "learning_rate": p.learning_rate,
             "mask_scale": p.mask_scale, "seed": seed_of(p.seed)}
     if extremal:
         used["area"] = p.area
     else:
-        used.update(l1_coeff=p.l1_coeff, tv_coeff=p.tv_coeff, tv_beta=p.tv_beta)
+        used.update(score=p.score, l1_coeff=p.l1_coeff, tv_coeff=p.tv_coeff, tv_beta=p.tv_beta)
+        if p.score == "log_odds":
+            used["drop_to"] = p.drop_to
     return Attribution(rel.clone(), used_params=used, meta=meta)
