@@ -21,34 +21,46 @@ def positions(size: int, window: int, stride: int) -> list[int]:
     return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
 
 
+def _indicators(size: int, window: int, stride: int, dtype, device) -> torch.Tensor:
+    """(positions, size): row k is 1 on the pixels the k-th window position covers."""
+    pos = positions(size, window, stride)
+    ind = torch.zeros(len(pos), size, dtype=dtype, device=device)
+    for k, p in enumerate(pos):
+        ind[k, p:p + window] = 1
+    return ind
+
+
 def occlusion_maps(ctx: Context, window: int, stride: int, fill: torch.Tensor) -> torch.Tensor:
+    """The windows form a grid (row positions x column positions), so a window's mask is the
+    outer product of a row and a column indicator, the coverage count is the outer product
+    of the 1-D counts, and the accumulation of the drops D (rows x columns) is ry^T D cx:
+    no per-window loop. The (sample, window) pairs of the whole batch go through the network
+    ``batch_for(x)`` at a time (one forward per chunk, progress after each)."""
     net, x = ctx.net, ctx.x.detach()
     n, _, h, w = x.shape
     wy, wx = min(window, h), min(window, w)
-    boxes = [(r, c) for r in positions(h, wy, stride) for c in positions(w, wx, stride)]
+    ry = _indicators(h, wy, stride, torch.float64, x.device)  # (R, H)
+    cx = _indicators(w, wx, stride, torch.float64, x.device)  # (K, W)
+    rows, cols = ry.shape[0], cx.shape[0]
+    per = rows * cols
+    ry_b, cx_b = ry.bool(), cx.bool()
     chunk = batch_for(x)
-    total = torch.zeros(n, 1, h, w, dtype=torch.float64, device=x.device)
-    count = torch.zeros(1, 1, h, w, dtype=torch.float64, device=x.device)
-    for r, c in boxes:
-        count[..., r:r + wy, c:c + wx] += 1
-    steps = n * len(boxes)
-    done = 0
+    drops = torch.zeros(n * per, dtype=torch.float64, device=x.device)
+    total = n * per
     ctx.progress(0.0)
-    with torch.no_grad():
+    with torch.inference_mode():
         base = target_scores(net(x), ctx.targets).double()
-        for i in range(n):
-            xi, fi, ti = x[i:i + 1], fill[i:i + 1], ctx.targets[i:i + 1]
-            for s in range(0, len(boxes), chunk):
-                part = boxes[s:s + chunk]
-                imgs = xi.expand(len(part), -1, -1, -1).clone()
-                for j, (r, c) in enumerate(part):
-                    imgs[j, :, r:r + wy, c:c + wx] = fi[0, :, r:r + wy, c:c + wx]
-                drop = base[i] - target_scores(net(imgs), ti.expand(len(part))).double()
-                for j, (r, c) in enumerate(part):
-                    total[i, 0, r:r + wy, c:c + wx] += drop[j]
-                done += len(part)
-                ctx.progress(done / steps)
-    return (total / count).to(x.dtype)
+        for s in range(0, total, chunk):
+            j = torch.arange(s, min(s + chunk, total), device=x.device)
+            i, p = j // per, j % per
+            mask = (ry_b[p // cols][:, :, None] & cx_b[p % cols][:, None, :]).unsqueeze(1)  # (B, 1, H, W)
+            imgs = torch.where(mask, fill[i], x[i])
+            drops[s:s + len(j)] = base[i] - target_scores(net(imgs), ctx.targets[i]).double()
+            ctx.progress(min(s + chunk, total) / total)
+    d = drops.view(n, rows, cols)
+    sums = torch.einsum("rh,nrk,kw->nhw", ry, d, cx)
+    count = ry.sum(0)[:, None] * cx.sum(0)[None, :]
+    return (sums / count).unsqueeze(1).to(x.dtype)
 
 
 @register("occlusion")
