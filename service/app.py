@@ -211,17 +211,27 @@ async def parse_explain(request: Request) -> ExplainRequest:
                 else:
                     data[key] = value
         else:
-            try:
-                data = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValidationProblem(f"body is not valid JSON: {e}")
-            if not isinstance(data, dict):
-                raise ValidationProblem("body must be a JSON object")
-        return ExplainRequest.model_validate(data)
-    except ValidationError as e:
-        raise validation_problem(e, ("body",))
+            data = await json_object(request)
     except json.JSONDecodeError as e:
         raise ValidationProblem(f"a form field is not valid JSON: {e}")
+    return validated(ExplainRequest, data)
+
+
+async def json_object(request: Request) -> dict:
+    try:
+        data = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValidationProblem(f"body is not valid JSON: {e}")
+    if not isinstance(data, dict):
+        raise ValidationProblem("body must be a JSON object")
+    return data
+
+
+def validated(model_cls, data: dict, prefix: tuple = ("body",)):
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise validation_problem(e, prefix)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -296,23 +306,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise payload_problem(payload)
         return JSONResponse(result_body(payload, started))
 
-    async def parse_body(request: Request, model_cls):
-        try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValidationProblem(f"body is not valid JSON: {e}")
-        if not isinstance(data, dict):
-            raise ValidationProblem("body must be a JSON object")
-        try:
-            return model_cls.model_validate(data)
-        except ValidationError as e:
-            raise validation_problem(e, ("body",))
-
     @app.post("/v1/evaluate", dependencies=auth, tags=["evaluate"],
               summary="Survey §7 metrics of methods on images (?wait=false: run as a job)")
     async def evaluate(request: Request, wait: bool = True):
         started = time.perf_counter()
-        req = await parse_body(request, EvaluateRequest)
+        req = validated(EvaluateRequest, await json_object(request))
         await gw.check(req.model, req.target, req.methods)
         sizes = [gw.image_size(img, f"images.{i}") for i, img in enumerate(req.images)]
         job_id = await gw.enqueue(req.model, req.model_dump(), sizes[0], kind="evaluate")
@@ -322,7 +320,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               summary="Map-vs-map metrics: two maps, or two methods on one image")
     async def compare(request: Request, wait: bool = True):
         started = time.perf_counter()
-        req = await parse_body(request, CompareRequest)
+        req = validated(CompareRequest, await json_object(request))
         if req.model is not None:
             await gw.check(req.model, req.target, req.methods or [])
         size = gw.image_size(req.image) if req.image else (0, 0)
@@ -463,11 +461,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def kserve_explain(name: str, request: Request):
         started = time.perf_counter()
         known(name)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValidationProblem(f"body is not valid JSON: {e}")
-        instances = body.get("instances") if isinstance(body, dict) else None
+        body = await json_object(request)
+        instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
             raise ValidationProblem("'instances' must be a non-empty list", field="instances")
         params = body.get("parameters") or {}
@@ -483,11 +478,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not isinstance(data, str):
                 raise ValidationProblem("each instance is a base64 image or {'data'|'b64': <base64>}",
                                         field=f"instances.{i}")
-            try:
-                reqs.append(ExplainRequest.model_validate(
-                    {"methods": ["gradcam"], "outputs": ["array"], **params, "model": name, "image": data}))
-            except ValidationError as e:
-                raise validation_problem(e, ("parameters",))
+            reqs.append(validated(ExplainRequest, {"methods": ["gradcam"], "outputs": ["array"], **params,
+                                                   "model": name, "image": data}, ("parameters",)))
         ids = [await submit(r) for r in reqs]
         payloads = await asyncio.gather(*(gw.wait(j, settings.request_timeout_s) for j in ids))
         preds, expls = [], []

@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from workers.evaluation.common import MapFn, batched_maps, clamp_input, pixel_scale, predict, to_numpy
 from workers.evaluation.metrics import cc, dice
 from workers.errors import MethodError
 from workers.explain.base import NO_PROGRESS, Progress
+from workers.explain.perturb_utils import log_odds
 from workers.loading import LoadedModel
 
 
 def fgsm(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """x + eps * sign(grad_x CE(f(x), t)), eps on the pixel scale, clamped to the input box; components
-    whose gradient is at most 1e-6 in magnitude stay (as Captum's FGSM and the library's attack)."""
+    """x + eps * sign(grad_x L), L = -log(p_t / (1 - p_t)) (the library attack's default loss: the
+    direction of cross-entropy, without its saturation at p_t = 1), eps on the pixel scale, clamped to
+    the input box; components whose gradient is at most 1e-6 in magnitude stay (as Captum's FGSM)."""
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model.module(xi), targets, reduction="sum")
+        loss = -log_odds(model.module(xi), targets).sum()
         (g,) = torch.autograd.grad(loss, xi)
     step = torch.where(g.abs() > 1e-6, g.sign(), torch.zeros_like(g))
     return clamp_input(model, x + epsilon * pixel_scale(model) * step).detach()
