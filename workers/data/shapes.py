@@ -69,7 +69,7 @@ _CIRCLE = _regular(48)
 _OUTLINES = {
     "circle": [(_CIRCLE, 255)],
     "square": [(_regular(4, 1.0, math.pi / 4), 255)],
-    "triangle": [(_regular(3, 1.15) + [0, 0.2], 255)],
+    "triangle": [(_regular(3, 1.1) + [0, 0.1], 255)],
     "star": [(_star(), 255)],
     "cross": [(_cross(), 255)],
     "bar": [(np.array([(-1, -0.3), (1, -0.3), (1, 0.3), (-1, 0.3)]), 255)],
@@ -78,6 +78,10 @@ _OUTLINES = {
     "ring": [(_CIRCLE, 255), (_CIRCLE * 0.5, 0)],
     "crescent": [(_CIRCLE, 255), (_CIRCLE * 0.75 + [0.5, -0.1], 0)],
 }
+
+
+# how far each outline reaches from its centre, in units of the radius (keeps the object in the image)
+_EXTENT = {k: float(max(np.linalg.norm(p, axis=1).max() for p, fill in v if fill)) for k, v in _OUTLINES.items()}
 
 
 def shape_alpha(cls: int, cx: float, cy: float, radius: float, angle: float, size: int) -> np.ndarray:
@@ -145,7 +149,7 @@ def render_one(rng: np.random.Generator, cls: int, size: int = 64, noise: float 
     ``min_radius``/``max_radius``: the shape's outer radius as a fraction of the image size."""
     bg, bg_mean = _background(rng, size)
     radius = rng.uniform(min_radius, max_radius) * size
-    margin = radius + 1
+    margin = min(radius * _EXTENT[LABELS[cls]] + 1.5, size / 2)
     cx, cy = rng.uniform(margin, size - margin, 2)
     angle = rng.uniform(0, 2 * math.pi)
     alpha = shape_alpha(cls, cx, cy, radius, angle, size)
