@@ -53,6 +53,21 @@ def test_fused_equals_single_methods(models, name):
         assert max_rel_diff(a.maps, ref.maps) <= TOL, (name, method, params)
 
 
+def test_guided_gradcam_is_guided_backprop_times_gradcam(models):
+    """guided_gradcam (one forward, two backwards) against its definition from the two
+    single-pass methods: guided backprop times the bilinearly upsampled Grad-CAM."""
+    import torch.nn.functional as F
+
+    for name in ("demo", "resnet18"):
+        m = models[name]
+        x, t = _inputs(m)
+        gb = attribute(m, x, t, "guided_backprop").maps
+        cam = attribute(m, x, t, "gradcam").maps  # already upsampled bilinearly to the input
+        ggc = attribute(m, x, t, "guided_gradcam").maps
+        assert max_rel_diff(ggc, gb * cam) <= TOL
+        assert cam.shape[1] == 1 and F.relu(cam).equal(cam)
+
+
 def test_modified_rules_differ_from_the_plain_gradient(models):
     """The switch really changes the backward: guided != deconv != plain on the same graph."""
     m = models["vgg11"]

@@ -13,7 +13,7 @@ import torch.nn as nn
 from workers.errors import MethodError
 from workers.explain import integrated, smooth  # noqa: F401  (register their methods)
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.gradients import gradcam_at, layer_output, upsample
+from workers.explain.gradients import layer_output, upsample
 from workers.explain.relu_rules import rectifier_mode
 from workers.loading import LoadedModel
 
@@ -42,9 +42,14 @@ def guided_backprop(ctx: Context) -> Attribution:
 def guided_gradcam(ctx: Context) -> Attribution:
     """§4.6.1: guided backprop (N, C, H, W) times Grad-CAM (Eq. 10) upsampled bilinearly."""
     layer = ctx.model.resolve_layer(ctx.params.layer, "guided_gradcam")
-    gb = rule_gradient(ctx, guided=True)
-    cam = upsample(gradcam_at(ctx, layer), ctx.x.shape[-2:])
-    return Attribution(gb * cam, used_params={"layer": layer})
+    # one forward pass for both factors: a plain backward to the layer (Grad-CAM) and a
+    # guided backward to the input over the same graph (workers.explain.fused; the same
+    # rules as rule_gradient and gradcam_at, tests/test_fused.py checks the product)
+    from workers.explain.fused import FusedCall, FusedPass
+
+    fp = FusedPass(ctx.model, ctx.x, [FusedCall("guided_gradcam", "guided_gradcam", ctx.params, layer)])
+    fp.forward()
+    return fp.explain(ctx.targets, progress=ctx.progress)["guided_gradcam"]
 
 
 # ---- CAM ---------------------------------------------------------------------------------

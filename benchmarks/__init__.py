@@ -1,0 +1,1 @@
+"""Speed benchmarks (issue 7): ``python -m benchmarks --help``. Not part of ``make test``."""
