@@ -5,7 +5,12 @@ decision flipped; both are trained against one fixed binary classifier
 (``python -m workers.generators.train``). The method is applicable only to a model whose
 generators exist: ``generators-<model name>.safetensors`` in workers/weights/ (or the path
 in an optional ``generators`` registry field), trained for exactly these classifier
-weights (a parameter hash in the file's metadata)."""
+weights (a parameter hash in the file's metadata).
+
+g_a has one decoder per direction; the classifier's decision on x picks it (the explanation is
+of that decision, whatever target is requested). Metadata per image: the decisions on x, g_s(x)
+and g_a(x), whether g_s keeps and g_a flips it, and the edits' sizes on the [0, 1] pixel scale
+(``*_l1``: mean |g(x) - x| per element, ``*_l2``: ||g(x) - x||_2)."""
 from __future__ import annotations
 
 import weakref
@@ -43,9 +48,15 @@ def _load(model: LoadedModel):
         res = (None, f"no trained generators for this model ({path.name} not found; "
                      "train them with `python -m workers.generators.train`)")
     else:
-        pair, meta = load_generators(path)
+        try:
+            pair, meta = load_generators(path)
+        except (RuntimeError, ValueError, OSError) as e:  # an older layout or a damaged file
+            pair, meta = None, {}
+            res = (None, f"{path.name} cannot be loaded as a generator pair ({type(e).__name__}); retrain them")
         fp = fingerprint(model.module)
-        if meta.get("classifier_sha256") != fp:
+        if pair is None:
+            pass
+        elif meta.get("classifier_sha256") != fp:
             res = (None, f"{path.name} was trained for other classifier weights (parameter hash mismatch)")
         elif int(meta.get("channels", 3)) != model.channels:
             res = (None, f"{path.name} is for {meta.get('channels')}-channel inputs")
@@ -71,15 +82,20 @@ def adversarial_generators(ctx: Context) -> Attribution:
     x = ctx.x.detach()
     ctx.progress(0.0)
     with torch.no_grad():
-        gs, ga = pair(x, lo.to(x.dtype), hi.to(x.dtype))
-        l0, ls, la = ctx.net(x), ctx.net(gs), ctx.net(ga)
+        pred = ctx.net(x).argmax(1)  # the decision to explain; it picks g_a's decoder (flip 0 -> 1 or 1 -> 0)
+        gs, ga = pair(x, lo.to(x.dtype), hi.to(x.dtype), pred)
+        ls, la = ctx.net(gs), ctx.net(ga)
     rel = (gs - ga).abs()
-    pred = l0.argmax(1)
+    _, std = ctx.model.mean_std()
+    std = std.to(x.dtype)
+    ds, da = ((gs - x) * std).flatten(1), ((ga - x) * std).flatten(1)  # edits on the [0, 1] pixel scale
     out = []
     for i in range(x.shape[0]):
         out.append({"decision": int(pred[i]), "similar_decision": int(ls[i].argmax()),
                     "adversarial_decision": int(la[i].argmax()),
                     "similar_keeps": bool(int(ls[i].argmax()) == int(pred[i])),
-                    "adversarial_flips": bool(int(la[i].argmax()) != int(pred[i]))})
+                    "adversarial_flips": bool(int(la[i].argmax()) != int(pred[i])),
+                    "similar_l1": float(ds[i].abs().mean()), "similar_l2": float(ds[i].norm()),
+                    "adversarial_l1": float(da[i].abs().mean()), "adversarial_l2": float(da[i].norm())})
     ctx.progress(1.0)
     return Attribution(rel, used_params={"generators": _path(ctx.model).name}, meta=out)

@@ -71,26 +71,51 @@ class Decoder(nn.Module):
 
 
 class GeneratorPair(nn.Module):
-    def __init__(self, channels: int = 3, width: int = 8):
+    """g_s and g_a over one shared encoder.
+
+    ``adversarial`` holds one decoder per direction: ``adversarial[d]`` edits an image the
+    classifier decides as class d so that it is decided as 1 - d. The generator's receptive
+    field is local (about 20 px) and "remove the evidence of class 1" and "add evidence of
+    class 1" are opposite edits, so a single decoder cannot know which to do; the
+    classifier's decision on x (available wherever the explanation is computed) picks the
+    decoder. Both adversarial decoders and the similar one start from the same weights.
+
+    Each decoder predicts a residual, bounded: g(x) = clamp(x + bound * tanh(delta(x) / bound))
+    to the input box."""
+
+    def __init__(self, channels: int = 3, width: int = 8, bound: float = 2.0):
         super().__init__()
         w = width
+        self.bound = float(bound)
         self.enc1 = _conv(channels, w)
         self.enc2 = _conv(w, 2 * w, stride=2)
         self.enc3 = nn.Sequential(_conv(2 * w, 4 * w, stride=2), _conv(4 * w, 4 * w))
         self.similar = Decoder(channels, w)
-        self.adversarial = Decoder(channels, w)
-        self.adversarial.load_state_dict(self.similar.state_dict())
+        self.adversarial = nn.ModuleList([Decoder(channels, w), Decoder(channels, w)])
+        for dec in self.adversarial:
+            dec.load_state_dict(self.similar.state_dict())
 
     def encode(self, x: torch.Tensor):
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
         return e1, e2, self.enc3(e2)
 
-    def forward(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g_s(x), g_a(x)), both clamped to the input box [lo, hi] (per channel)."""
+    def _edit(self, x, delta, lo, hi):
+        delta = self.bound * torch.tanh(delta / self.bound)
+        return torch.max(torch.min(x + delta, hi), lo)
+
+    def forward(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                decision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g_s(x), g_a(x)), both in the input box [lo, hi] (per channel); ``decision`` (N,) in {0, 1}:
+        the classifier's decision on x, which selects the adversarial decoder."""
         e = self.encode(x)
-        gs = torch.max(torch.min(x + self.similar(*e), hi), lo)
-        ga = torch.max(torch.min(x + self.adversarial(*e), hi), lo)
+        gs = self._edit(x, self.similar(*e), lo, hi)
+        delta = torch.zeros_like(x)
+        for k in (0, 1):
+            sel = decision == k
+            if bool(sel.any()):
+                delta = delta.index_put((sel,), self.adversarial[k](*(t[sel] for t in e)))
+        ga = self._edit(x, delta, lo, hi)
         return gs, ga
 
 
@@ -121,7 +146,8 @@ def load_generators(path: Path) -> tuple[GeneratorPair, dict[str, str]]:
 
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
-    pair = GeneratorPair(channels=int(meta.get("channels", 3)), width=int(meta.get("width", 8)))
+    pair = GeneratorPair(channels=int(meta.get("channels", 3)), width=int(meta.get("width", 8)),
+                         bound=float(meta.get("bound", 2.0)))
     pair.load_state_dict(load_file(str(path)), strict=True)
     pair.eval()
     for p in pair.parameters():

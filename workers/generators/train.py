@@ -1,25 +1,33 @@
-"""Train the binary classifier and its two generators (Charachon et al., survey §6 Eq. 27).
+"""Train the two generators of ``adversarial_generators`` (Charachon et al., survey §6 Eq. 27) for a
+binary classifier, and optionally the classifier itself.
 
-    python -m workers.generators.train            # everything, CPU, about 10 minutes on 2 shared cores
-    python -m workers.generators.train --skip-classifier   # generators only, for the committed classifier
+    python -m workers.generators.train                       # generators for the committed shapes-star classifier
+    python -m workers.generators.train --train-classifier    # classifier first (overwrites binary-<model>)
 
-1. A binary classifier on the procedural shapes (``--positive`` shape vs the rest, half of
-   the images positive): ``binary_cnn`` (ShapesCNN at half width), Adam, cross-entropy.
-   Writes ``workers/weights/binary-<model>.safetensors`` and its labels file.
-2. The generator pair against the frozen classifier f, with d(x) = f's decision on x:
-     g_s: L1(g_s(x), x) * w_rec + CE(f(g_s(x)), d(x))                (similar: keep)
-     g_a: CE(f(g_a(x)), 1 - d(x)) + L1(g_a(x), g_s(x)) * w_sim + TV(g_a(x) - g_s(x)) * w_tv
-                                                                      (adversarial: flip, close to g_s)
-   The two share the encoder; the decoders start identical. No discriminator (kept small
-   enough for a CPU); the similarity and total-variation terms keep g_a's edit local and smooth.
-   Writes ``workers/weights/generators-<model>.safetensors`` with the classifier's hash.
+1. (``--train-classifier``) A binary classifier on the procedural shapes (``--positive`` shape vs
+   the rest, half of the images positive): ``binary_cnn``, Adam, cross-entropy. Writes
+   ``binary-<model>.safetensors`` and its labels file (the registry entry ``shapes-star`` points there).
+2. The generator pair against the frozen classifier f, d(x) = f's decision on x, z = f's logits:
+     g_s: w_rec * L1(g_s(x), x) + hinge(kappa - (z_d - z_{1-d}))                (similar: keep d)
+     g_a: hinge(kappa - (z_{1-d} - z_d)) + w_sim * L1(g_a(x), g_s(x)) + w_tv * TV(g_a(x) - g_s(x))
+                                                                               (adversarial: flip d)
+   The hinges are averaged per decision and then over the two decisions (the hard direction, here
+   not-star -> star, weighs as much as the easy one); batches hold a share ``--share-negative`` of
+   images decided 0; g_a has one decoder per direction (picked by d), the encoder is shared; edits
+   are residuals bounded by ``--bound`` (tanh) and clamped to the input box; flips and quarter
+   turns augment the batches. No discriminator (kept small enough for a CPU); the similarity and
+   total-variation terms keep g_a's edit small and smooth.
+   Writes ``generators-<model>.safetensors`` with the classifier's parameter hash and the command.
 
-Everything is seeded; data: workers/data/shapes.py (train seed 100, held-out seed 200).
+Everything is seeded; data: workers/data/shapes.py (train seed 100, held-out report seed 200;
+tests and ``python -m workers.generators.measure`` use seed 300). With the defaults: about 12
+minutes on one thread of a shared 2-core machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -81,58 +89,152 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, 
     return net
 
 
-def train_generators(net: torch.nn.Module, x: torch.Tensor, epochs: int, batch: int, w_rec: float, w_sim: float,
-                     w_tv: float, log) -> GeneratorPair:
+def margin_loss(logits: torch.Tensor, d: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Hinge on the logit margin towards the other class, averaged per direction and then over the
+    directions present (class-balanced: the hard direction weighs as much as the easy one).
+
+    m = z_{1-d} - z_d; loss = relu(kappa - m): zero once the decision is flipped by at least kappa."""
+    m = logits.gather(1, (1 - d)[:, None])[:, 0] - logits.gather(1, d[:, None])[:, 0]
+    h = F.relu(kappa - m)
+    parts = [h[d == k].mean() for k in (0, 1) if bool((d == k).any())]
+    return torch.stack(parts).mean()
+
+
+def balanced_batches(decision: torch.Tensor, batch: int, steps: int, g: torch.Generator, share0: float = 0.5):
+    """``steps`` index batches, a share ``share0`` of images decided 0 and the rest decided 1 (cycling
+    through a fresh permutation of each group)."""
+    groups = [torch.nonzero(decision == k)[:, 0] for k in (0, 1)]
+    perms = [grp[torch.randperm(len(grp), generator=g)] for grp in groups]
+    pos = [0, 0]
+    n0 = int(round(batch * share0))
+    sizes = (n0, batch - n0)
+    for _ in range(steps):
+        out = []
+        for k in (0, 1):
+            if pos[k] + sizes[k] > len(perms[k]):
+                perms[k] = groups[k][torch.randperm(len(groups[k]), generator=g)]
+                pos[k] = 0
+            out.append(perms[k][pos[k]:pos[k] + sizes[k]])
+            pos[k] += sizes[k]
+        yield torch.cat(out)
+
+
+def train_generators(net: torch.nn.Module, x: torch.Tensor, steps: int, batch: int, w_rec: float, w_sim: float,
+                     w_tv: float, kappa: float, bound: float, width: int, lr: float, log, w_sim_start: float | None = None,
+                     share0: float = 0.5, augment: bool = True) -> GeneratorPair:
+    """Both generators against the frozen classifier ``net`` (decision d = argmax on x):
+
+    - g_s: w_rec * L1(g_s(x), x) + margin(f(g_s(x)), keep d)
+    - g_a: margin(f(g_a(x)), flip d) + w_sim * L1(g_a(x), g_s(x)) + w_tv * TV(g_a(x) - g_s(x))
+
+    margin: class-balanced hinge on the logit margin (``margin_loss``; for g_s towards d itself);
+    batches hold a share ``share0`` of images decided 0 (more for the harder direction). The similarity
+    weight ramps linearly from ``w_sim_start`` to ``w_sim`` over the first half of the steps (find
+    flipping edits first, then shrink them). ``augment``: random horizontal flips and quarter turns of
+    each batch (the decision is recomputed on the augmented images)."""
+    w_sim_start = w_sim if w_sim_start is None else w_sim_start
     torch.manual_seed(2)
-    pair = GeneratorPair(channels=x.shape[1], width=8)
-    opt = torch.optim.Adam(pair.parameters(), lr=2e-3)
+    pair = GeneratorPair(channels=x.shape[1], width=width, bound=bound)
+    opt = torch.optim.Adam(pair.parameters(), lr=lr)
     lo = torch.full((1, x.shape[1], 1, 1), LO)
     hi = torch.full((1, x.shape[1], 1, 1), HI)
     with torch.no_grad():
         decision = torch.cat([net(x[s:s + 256]).argmax(1) for s in range(0, len(x), 256)])
+    log(f"decisions on the training images: {int((decision == 1).sum())} positive, {int((decision == 0).sum())} negative")
     g = torch.Generator().manual_seed(3)
-    steps = epochs * ((len(x) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
-    for ep in range(epochs):
-        pair.train()
-        perm = torch.randperm(len(x), generator=g)
-        keep = flip = n = 0
-        for s in range(0, len(x), batch):
-            idx = perm[s:s + batch]
-            xb, d = x[idx], decision[idx]
-            gs, ga = pair(xb, lo, hi)
-            ls, la = net(gs), net(ga)
-            loss_s = w_rec * (gs - xb).abs().mean() + F.cross_entropy(ls, d)
-            diff = ga - gs.detach()
-            loss_a = F.cross_entropy(la, 1 - d) + w_sim * diff.abs().mean() + w_tv * tv(diff)
-            loss = loss_s + loss_a
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            keep += int((ls.argmax(1) == d).sum())
-            flip += int((la.argmax(1) != d).sum())
-            n += len(idx)
-        log(f"generators epoch {ep + 1}/{epochs}: loss {float(loss.detach()):.4f} similar keeps {keep / n:.3f} "
-            f"adversarial flips {flip / n:.3f}")
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    every = max(1, steps // 10)
+    keep = torch.zeros(2)
+    flip = torch.zeros(2)
+    cnt = torch.zeros(2)
+    pair.train()
+    for it, idx in enumerate(balanced_batches(decision, batch, steps, g, share0)):
+        ws = w_sim_start + (w_sim - w_sim_start) * min(1.0, it / max(1, steps // 2))
+        xb, d = x[idx], decision[idx]
+        if augment:  # the shapes' classes do not change under flips and quarter turns (nor, mostly, the decision)
+            flip_h = torch.rand(len(idx), generator=g) < 0.5
+            xb = torch.where(flip_h.view(-1, 1, 1, 1), xb.flip(-1), xb)
+            xb = torch.rot90(xb, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
+            with torch.no_grad():
+                d = net(xb).argmax(1)
+        gs, ga = pair(xb, lo, hi, d)
+        ls, la = net(gs), net(ga)
+        # g_s: margin_loss with the roles swapped = hinge on z_d - z_{1-d} (keep d by kappa)
+        loss_s = w_rec * (gs - xb).abs().mean() + margin_loss(ls, 1 - d, kappa)
+        diff = ga - gs.detach()
+        loss_a = margin_loss(la, d, kappa) + ws * diff.abs().mean() + w_tv * tv(diff)
+        loss = loss_s + loss_a
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for k in (0, 1):
+                sel = d == k
+                keep[k] += float((ls.argmax(1)[sel] == k).sum())
+                flip[k] += float((la.argmax(1)[sel] != k).sum())
+                cnt[k] += float(sel.sum())
+        if (it + 1) % every == 0 or it + 1 == steps:
+            log(f"generators step {it + 1}/{steps}: loss {float(loss.detach()):.4f} (s {float(loss_s.detach()):.3f}, "
+                f"a {float(loss_a.detach()):.3f}) similar keeps {(keep / cnt).tolist()} adversarial flips "
+                f"{(flip / cnt).tolist()} (per decision 0/1) |ga-x| {float((ga - xb).abs().mean()):.4f}")
+            keep.zero_(), flip.zero_(), cnt.zero_()
     pair.eval()
     return pair
+
+
+def distances(x: torch.Tensor, g: torch.Tensor) -> dict:
+    """Mean L1 per element and mean per-image L2 of g - x, and the mean relative L2 ||g - x|| / ||x||, all on the
+    [0, 1] pixel scale."""
+    dx = (g - x) * STD
+    xp = x * STD + MEAN
+    l2 = dx.flatten(1).norm(dim=1)
+    return {"l1_per_element": float(dx.abs().mean()), "l2": float(l2.mean()),
+            "relative_l2": float((l2 / xp.flatten(1).norm(dim=1)).mean())}
+
+
+def evaluate(net: torch.nn.Module, pair: GeneratorPair, x: torch.Tensor) -> dict:
+    """Keep / flip rates (overall and per decision) and distances of g_s and g_a to x."""
+    lo = torch.full((1, x.shape[1], 1, 1), LO)
+    hi = torch.full((1, x.shape[1], 1, 1), HI)
+    with torch.no_grad():
+        d = torch.cat([net(x[s:s + 256]).argmax(1) for s in range(0, len(x), 256)])
+        gs, ga = zip(*(pair(x[s:s + 256], lo, hi, d[s:s + 256]) for s in range(0, len(x), 256)))
+        gs, ga = torch.cat(gs), torch.cat(ga)
+        ks = net(gs).argmax(1) == d
+        fa = net(ga).argmax(1) != d
+    return {"images": len(x), "decided_positive": int((d == 1).sum()),
+            "similar_keeps": float(ks.float().mean()), "adversarial_flips": float(fa.float().mean()),
+            "adversarial_flips_per_decision": {str(k): float(fa[d == k].float().mean()) for k in (0, 1)},
+            "similar_keeps_per_decision": {str(k): float(ks[d == k].float().mean()) for k in (0, 1)},
+            "similar_distance": distances(x, gs), "adversarial_distance": distances(x, ga)}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="shapes-star", help="registry name of the binary classifier")
     ap.add_argument("--positive", default="star", choices=LABELS, help="the positive shape (class 1)")
-    ap.add_argument("--train", type=int, default=3000, help="training images")
+    ap.add_argument("--train", type=int, default=3000, help="classifier training images")
+    ap.add_argument("--generator-train", type=int, default=4000, help="generator training images (the first ones)")
     ap.add_argument("--heldout", type=int, default=500, help="held-out images for the report")
     ap.add_argument("--classifier-epochs", type=int, default=10)
-    ap.add_argument("--generator-epochs", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--generator-steps", type=int, default=700, help="generator optimiser steps")
+    ap.add_argument("--batch", type=int, default=64, help="classifier batch")
+    ap.add_argument("--generator-batch", type=int, default=32)
     ap.add_argument("--w-rec", type=float, default=10.0)
-    ap.add_argument("--w-sim", type=float, default=2.0)
-    ap.add_argument("--w-tv", type=float, default=2.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip-classifier", action="store_true", help="reuse the committed classifier weights")
+    ap.add_argument("--w-sim", type=float, default=3.0)
+    ap.add_argument("--w-sim-start", type=float, default=None, help="similarity weight at step 0 (ramps to --w-sim)")
+    ap.add_argument("--share-negative", type=float, default=0.65, help="share of each batch decided 0")
+    ap.add_argument("--w-tv", type=float, default=1.0)
+    ap.add_argument("--kappa", type=float, default=1.5, help="logit margin of the hinge losses")
+    ap.add_argument("--bound", type=float, default=1.0, help="bound of the residual (normalised units)")
+    ap.add_argument("--width", type=int, default=8, help="generator width")
+    ap.add_argument("--no-augment", action="store_true", help="no flips / quarter turns in generator training")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-classifier", action="store_true",
+                    help="also (re)train the classifier (default: use the committed binary-<model> weights)")
+    ap.add_argument("--skip-classifier", action="store_true", help=argparse.SUPPRESS)  # the default now
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -142,41 +244,42 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
     positive = LABELS.index(a.positive)
-    x, y, _ = binary_data(a.train, TRAIN_SEED, positive)
+    n_train = max(a.train, a.generator_train) if a.train_classifier else a.generator_train
+    x, y, _ = binary_data(n_train, TRAIN_SEED, positive)
     xh, yh, _ = binary_data(a.heldout, HELDOUT_SEED, positive)
     log(f"data: {len(x)} train, {len(xh)} held-out ({a.positive} vs rest)")
     a.out.mkdir(parents=True, exist_ok=True)
     cls_path = a.out / f"binary-{a.model}.safetensors"
     from safetensors.torch import load_file, save_file
 
-    if a.skip_classifier:
+    if not a.train_classifier:
+        cls_path = WEIGHTS_DIR / f"binary-{a.model}.safetensors" if not cls_path.exists() else cls_path
         net = binary_cnn(2)
         net.load_state_dict(load_file(str(cls_path)))
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
     else:
-        net = train_classifier(x, y, a.classifier_epochs, a.batch, log)
+        net = train_classifier(x[:a.train], y[:a.train], a.classifier_epochs, a.batch, log)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cls_path))
         (a.out / f"binary-{a.model}.labels.txt").write_text(f"not-{a.positive}\n{a.positive}\n")
     with torch.no_grad():
         acc = float((net(xh).argmax(1) == yh).float().mean())
-    log(f"classifier held-out accuracy {acc:.4f} -> {cls_path.name}")
+    log(f"classifier held-out accuracy {acc:.4f} ({cls_path.name})")
 
-    pair = train_generators(net, x, a.generator_epochs, a.batch, a.w_rec, a.w_sim, a.w_tv, log)
-    lo = torch.full((1, x.shape[1], 1, 1), LO)
-    hi = torch.full((1, x.shape[1], 1, 1), HI)
-    with torch.no_grad():
-        d = net(xh).argmax(1)
-        gs, ga = pair(xh, lo, hi)
-        keep = float((net(gs).argmax(1) == d).float().mean())
-        flip = float((net(ga).argmax(1) != d).float().mean())
-    out = generators_path(a.model) if a.out == WEIGHTS_DIR else a.out / f"generators-{a.model}.safetensors"
-    save_generators(pair, out, {"classifier_sha256": fingerprint(net), "channels": x.shape[1], "width": 8,
-                                "model": a.model, "positive": a.positive})
-    log(f"generators held-out: similar keeps {keep:.4f}, adversarial flips {flip:.4f} -> {out.name}")
-    print(json.dumps({"classifier_heldout_accuracy": acc, "similar_keeps": keep, "adversarial_flips": flip,
-                      "seconds": round(time.time() - t0, 1)}))
+    xg = x[:a.generator_train]
+    pair = train_generators(net, xg, a.generator_steps, a.generator_batch, a.w_rec, a.w_sim, a.w_tv, a.kappa, a.bound,
+                            a.width, a.lr, log, a.w_sim_start, a.share_negative,
+                            not a.no_augment)
+    res = evaluate(net, pair, xh)
+    out = a.out / f"generators-{a.model}.safetensors"
+    save_generators(pair, out, {"classifier_sha256": fingerprint(net), "channels": x.shape[1], "width": a.width,
+                                "bound": a.bound, "model": a.model, "positive": a.positive,
+                                "command": "python -m workers.generators.train " + " ".join(argv if argv is not None
+                                                                                            else sys.argv[1:])})
+    log(f"generators held-out: similar keeps {res['similar_keeps']:.4f}, adversarial flips "
+        f"{res['adversarial_flips']:.4f} -> {out}")
+    print(json.dumps({"classifier_heldout_accuracy": acc, **res, "seconds": round(time.time() - t0, 1)}, indent=2))
 
 
 if __name__ == "__main__":
