@@ -5,9 +5,10 @@
   ``workers.generators.model:binary_cnn``).
 - ``GeneratorPair``: a similar-image generator g_s and an adversarial generator g_a that
   share one encoder (they "sample from the same space" and differ only in their
-  decoders, which start from the same weights). Each decoder predicts a residual:
-  g(x) = clamp(x + delta(x)) to the model's input box. A small U-Net: 64 -> 32 -> 16 px
-  and back with skip connections.
+  decoders, which start from the same weights); g_a has one decoder per direction of the
+  binary decision, picked by the classifier's decision on x. Each decoder predicts a bounded
+  residual: g(x) = clamp(x + b * tanh(delta(x) / b)) to the model's input box. A small U-Net:
+  64 -> 32 -> 16 px and back with skip connections.
 
 Weights file: ``generators-<model name>.safetensors`` with metadata naming the classifier
 (``classifier_sha256``, a hash of its parameters) so that a retrained classifier is never
@@ -28,7 +29,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 class BinaryCNN(nn.Module):
     """conv-BN-ReLU blocks (64 -> 32 -> 16 -> 8 px), global max pooling (presence of a part anywhere), linear head.
 
-    ``features.10`` (the last block's ReLU, 8x8) is the Grad-CAM layer."""
+    ``features.14`` (the last block's ReLU, 8x8) is the Grad-CAM layer (registry target_layer)."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 3, width: int = 16):
         super().__init__()
