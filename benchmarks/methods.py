@@ -270,7 +270,13 @@ def run_cases(model, x, t, selected: list[Case], runs: int, log=print, budget_s:
         try:
             fns = {"ours": (lambda c=c: attribute(model, x, t, c.method, c.params))}
             if c.ref is not None:
-                fns["ref"] = c.ref(e)
+                try:  # a reference that cannot run on this model is reported, ours is still timed
+                    ref = c.ref(e)
+                    ref()
+                    fns["ref"] = ref
+                except Exception as ex:
+                    row["ref_error"] = f"{type(ex).__name__}: {str(ex)[:160]}"
+                    log(f"  {c.label:42s} reference failed: {row['ref_error']}")
             fns["floor"] = fl[c.floor]
             tm = interleaved(fns, runs, budget_s=budget_s)
             row["ours"] = tm["ours"].median

@@ -30,7 +30,10 @@ def render(rows: list[dict], machine: dict, command: str) -> str:
                 body.append([r["model"], str(r["batch"]), r["label"], "error", r.get("reference") or "-", "-", "-", "-",
                              r["error"][:80].replace("|", "/")])
                 continue
-            body.append([r["model"], str(r["batch"]), r["label"], fmt_ms(r["ours"]), r.get("reference") or "-",
+            refname = r.get("reference") or "-"
+            if r.get("ref_error"):
+                refname += " (fails: " + r["ref_error"][:60].replace("|", "/") + ")"
+            body.append([r["model"], str(r["batch"]), r["label"], fmt_ms(r["ours"]), refname,
                          fmt_ms(r.get("ref")), fmt_ratio(r.get("ratio")),
                          f"{fmt_ratio(r['x_floor'])} ({r['floor_kind']})",
                          fmt_ratio(r.get("ref_x_floor"))])

@@ -143,19 +143,23 @@ class Worker:
         size = self.settings.max_batch_size
         got = self._xread(streams, size, block_ms)
         if got and len(got) < size and self.settings.max_queue_delay_ms > 0:
+            # Poll without BLOCK: Redis times blocked clients out at its `hz` tick (100 ms by
+            # default), so a BLOCK of a few ms would hold the batch for up to 100 ms.
             deadline = time.monotonic() + self.settings.max_queue_delay_ms / 1000
             while len(got) < size:
-                left = int((deadline - time.monotonic()) * 1000)
+                more = self._xread(streams, size - len(got), None)
+                if more:
+                    got += more
+                    continue
+                left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                more = self._xread(streams, size - len(got), left)
-                if not more:
-                    break
-                got += more
+                time.sleep(min(0.001, left))
         return got
 
     def _xread(self, streams, count, block_ms) -> list[tuple[str, str, dict]]:
-        res = self.r.xreadgroup(q.GROUP, self.consumer, streams, count=count, block=max(block_ms, 1))
+        block = None if block_ms is None else max(block_ms, 1)
+        res = self.r.xreadgroup(q.GROUP, self.consumer, streams, count=count, block=block)
         return [(stream, mid, fields) for stream, entries in (res or []) for mid, fields in entries if fields]
 
     def reclaim(self) -> list[tuple[str, str, dict]]:
