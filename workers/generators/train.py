@@ -20,8 +20,8 @@ binary classifier, and optionally the classifier itself.
    Writes ``generators-<model>.safetensors`` with the classifier's parameter hash and the command.
 
 Everything is seeded; data: workers/data/shapes.py (train seed 100, held-out report seed 200;
-tests and ``python -m workers.generators.measure`` use seed 300). With the defaults: about 12
-minutes on one thread of a shared 2-core machine.
+tests and ``python -m workers.generators.measure`` use seed 300). With the defaults: 6-13 minutes
+on one thread of a shared 2-core machine; the run is bit-reproducible with one thread.
 """
 from __future__ import annotations
 
