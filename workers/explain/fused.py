@@ -41,7 +41,7 @@ from workers.explain.base import (APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, A
 from workers.explain.engine import Rule, RuleMode, finish_inplace
 from workers.explain.fem import fem_map
 from workers.explain.gradients import upsample
-from workers.explain.relu_rules import RECTIFIER_KINDS, parse_rectifier
+from workers.explain.relu_rules import RECTIFIER_KINDS, parse_rectifier, relu_rule_call
 from workers.loading import LoadedModel
 
 FUSABLE = ("saliency", "gradcam", "guided_backprop", "guided_gradcam", "deconvnet", "fem", "cam")
@@ -131,6 +131,8 @@ class _SwitchedRule(Rule):
         x = rect.x
         if not (torch.is_grad_enabled() and x.requires_grad):
             out = rect.forward(x)
+        elif rect.kind == "relu":
+            return relu_rule_call(rect, self.switch)
         else:
             out = _SwitchedRectifier.apply(x, rect, self.switch)
         return finish_inplace(x, out, rect.inplace)

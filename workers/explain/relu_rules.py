@@ -106,6 +106,43 @@ class _RectifiedBackward(torch.autograd.Function):
         return g, None, None
 
 
+class ReluRuleFunction(torch.autograd.Function):
+    """ReLU itself with a chosen backward, in place when the caller's ReLU is (no copy):
+    ``mode`` is "guided", "deconv", or an object whose ``.mode`` names the rule of the
+    backward pass now running (the fused pass switches it between backward calls; "plain"
+    is autograd's own ReLU backward). The saved tensor is the output, as autograd's ReLU
+    saves it: out > 0 exactly where x > 0, so the masks equal relu_rules' 1[x > 0]."""
+
+    @staticmethod
+    def forward(ctx, x, inplace: bool, mode):
+        if inplace:
+            ctx.mark_dirty(x)
+            out = x.relu_()
+        else:
+            out = torch.relu(x)
+        ctx.mode = mode
+        if mode != "deconv":
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        mode = ctx.mode if isinstance(ctx.mode, str) else ctx.mode.mode
+        if mode == "plain":
+            (out,) = ctx.saved_tensors
+            return torch.ops.aten.threshold_backward(g, out, 0), None, None
+        g = g.clamp(min=0)
+        if mode == "guided":
+            (out,) = ctx.saved_tensors
+            g = torch.ops.aten.threshold_backward(g, out, 0)
+        return g, None, None
+
+
+def relu_rule_call(rect: _Rectifier, mode):
+    """A grad-carrying ReLU call through :class:`ReluRuleFunction` (in place when asked)."""
+    return ReluRuleFunction.apply(rect.x, rect.inplace, mode)
+
+
 class RectifierRule(Rule):
     """The engine rule for one of the two modified backward passes."""
 
@@ -119,6 +156,8 @@ class RectifierRule(Rule):
         x = rect.x
         if not (torch.is_grad_enabled() and x.requires_grad):
             out = rect.forward(x)
+        elif rect.kind == "relu":
+            return relu_rule_call(rect, "guided" if self.guided else "deconv")
         else:
             out = _RectifiedBackward.apply(x, rect, self.guided)
         return finish_inplace(x, out, rect.inplace)
