@@ -2,7 +2,9 @@
 
 Generates the procedural shapes data set (``workers/data/shapes.py``), trains
 ``ShapesCNN`` on CPU deterministically (fixed seeds, deterministic algorithms,
-a fixed thread count), measures the accuracy on a freshly generated held-out set
+a fixed thread count) with a penalty on last-conv-block activations outside the
+objects' masks (``--mask-penalty``; it lifts the Grad-CAM/FEM pointing game from
+0.86/0.725 to 0.985/0.975 at the same accuracy, docs/demo-model.md), measures the accuracy on a freshly generated held-out set
 (a different seed) and writes
 
     workers/weights/shapes-cnn.safetensors    (safetensors state_dict)
@@ -37,6 +39,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MEAN, STD = 0.5, 0.25  # the registry's preprocessing of shapes-cnn
 
 TRAIN_SEED, HELDOUT_SEED = 1, 2  # data seeds (tests use other seeds)
+MASK_PENALTY = 0.5  # the demo model's weight of the background-activation penalty (see fit)
 
 
 def normalise(batch_u8: torch.Tensor) -> torch.Tensor:
@@ -68,13 +71,20 @@ def init_weights(model: nn.Module) -> nn.Module:
 
 def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 6, batch_size: int = 32,
         lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0, flips: bool = True, init: bool = True,
-        activation_l1: float = 0.0,
+        activation_l1: float = 0.0, masks: np.ndarray | None = None, mask_penalty: float = 0.0,
+        mask_dilation: int = 2,
         log: Callable[[str], None] = print,
         on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """Train ``model`` (in place) with AdamW and a one-cycle learning rate on uint8 images (N,H,W,3).
 
     ``activation_l1``: weight of an L1 penalty on the mean activation of the last conv block (the
     input of ``model.features[-1]``): sparse, object-centred feature maps for CAM-type methods.
+    ``masks`` (bool (N,H,W), the objects) with ``mask_penalty`` > 0: adds ``mask_penalty`` times the
+    share of the last conv block's activation mass (summed over channels) that lies in cells whose
+    centre is outside the object mask dilated by ``mask_dilation`` px, averaged over the batch. It
+    is off for the first epoch and ramps up linearly over the second (from the start it stops the
+    plain ReLU stack from ever leaving its initial plateau: all-zero activations have no share
+    outside). Flips are applied to the masks too.
     ``init``: first re-initialise the weights with ``init_weights`` (seeded by ``seed``); pass False to
     fine-tune a trained model.
 
@@ -93,8 +103,17 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int
                                                 pct_start=0.15)
     acts: list[torch.Tensor] = []
     hook = None
-    if activation_l1 > 0:
+    use_masks = masks is not None and mask_penalty > 0
+    if activation_l1 > 0 or use_masks:
         hook = model.features[-1].register_forward_pre_hook(lambda m, inp: acts.append(inp[0]))
+    m_all = None
+    if use_masks:
+        m = np.asarray(masks, dtype=bool)
+        if mask_dilation > 0:
+            from scipy.ndimage import binary_dilation
+
+            m = np.stack([binary_dilation(mi, iterations=mask_dilation) for mi in m])
+        m_all = torch.from_numpy(m)
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
@@ -103,15 +122,25 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int
             idx = perm[s * batch_size:(s + 1) * batch_size]
             x = normalise(x_all[idx])
             y = y_all[idx]
+            mk = m_all[idx].unsqueeze(1).float() if m_all is not None else None
             if flips:
-                fh = torch.rand(len(idx), generator=g) < 0.5
-                fv = torch.rand(len(idx), generator=g) < 0.5
-                x = torch.where(fh.view(-1, 1, 1, 1), x.flip(3), x)
-                x = torch.where(fv.view(-1, 1, 1, 1), x.flip(2), x)
+                fh = (torch.rand(len(idx), generator=g) < 0.5).view(-1, 1, 1, 1)
+                fv = (torch.rand(len(idx), generator=g) < 0.5).view(-1, 1, 1, 1)
+                x = torch.where(fh, x.flip(3), x)
+                x = torch.where(fv, x.flip(2), x)
+                if mk is not None:
+                    mk = torch.where(fh, mk.flip(3), mk)
+                    mk = torch.where(fv, mk.flip(2), mk)
+            acts.clear()
             out = model(x)
             loss = F.cross_entropy(out, y)
             if acts:
-                loss = loss + activation_l1 * acts.pop().mean()
+                a = acts[-1]
+                if activation_l1 > 0:
+                    loss = loss + activation_l1 * a.mean()
+                if mk is not None:
+                    ramp = min(1.0, max(0.0, (epoch * steps_per_epoch + s - steps_per_epoch) / steps_per_epoch))
+                    loss = loss + mask_penalty * ramp * background_share(a, mk)
                 acts.clear()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -128,6 +157,14 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int
         hook.remove()
     model.eval()
     return model
+
+
+def background_share(acts: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """acts (N, K, h, w) >= 0, masks (N, 1, H, W) in {0, 1}: the mean over the batch of the share of
+    each sample's activation mass in cells whose centre lies outside the mask (a cell is inside when
+    the bilinear sample of the mask at its centre is > 0)."""
+    inside = (F.interpolate(masks, size=acts.shape[-2:], mode="bilinear", align_corners=False) > 0).float()
+    return ((acts * (1 - inside)).sum((1, 2, 3)) / (acts.sum((1, 2, 3)) + 1e-3)).mean()
 
 
 @torch.no_grad()
@@ -163,7 +200,11 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--activation-l1", type=float, default=0.0,
-                    help="L1 penalty on the last conv block's activations (object-centred maps)")
+                    help="L1 penalty on the last conv block's activations (tried: worse maps; default off)")
+    ap.add_argument("--mask-penalty", type=float, default=MASK_PENALTY,
+                    help="weight of the share of the last conv block's activations outside the object "
+                         "masks (0: off)")
+    ap.add_argument("--mask-dilation", type=int, default=2, help="px by which the masks are dilated first")
     ap.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
     ap.add_argument("--data-seed", type=int, default=TRAIN_SEED)
     ap.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED)
@@ -176,7 +217,7 @@ def main(argv: list[str] | None = None) -> float:
 
     set_determinism(args.seed, args.threads)
     t0 = time.time()
-    x_tr, y_tr, _ = generate(args.train_size, args.data_seed)
+    x_tr, y_tr, m_tr = generate(args.train_size, args.data_seed)
     x_te, y_te, _ = generate(args.heldout_size, args.heldout_seed)
     print(f"data: {len(y_tr)} training images (seed {args.data_seed}), {len(y_te)} held-out "
           f"(seed {args.heldout_seed}), {time.time() - t0:.0f} s")
@@ -184,7 +225,8 @@ def main(argv: list[str] | None = None) -> float:
     model = ShapesCNN(num_classes=len(LABELS))
     t1 = time.time()
     fit(model, x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        activation_l1=args.activation_l1,
+        activation_l1=args.activation_l1, masks=m_tr, mask_penalty=args.mask_penalty,
+        mask_dilation=args.mask_dilation,
         on_epoch=lambda e, m: print(f"  held-out acc {evaluate(m, x_te, y_te):.4f}"))
     train_s = time.time() - t1
     acc = evaluate(model, x_te, y_te)
