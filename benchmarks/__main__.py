@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the same for ours and the references)")
     ap.add_argument("--suites", default="methods,multi,tuning,e2e")
     ap.add_argument("--methods", default="", help="only these method labels (substring match), e.g. saliency,lrp")
+    ap.add_argument("--skip", default="", help="leave out these method labels (substring match), e.g. occlusion,lime")
     ap.add_argument("--quick", action="store_true", help="light methods, 3 runs, occlusion 32/16, short load")
     ap.add_argument("--occlusion", default="16/8", help="window/stride of the occlusion case")
     ap.add_argument("--budget", type=float, default=None, help="seconds per measurement before stopping early (>= 3 runs)")
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",") if b]
     win, stride = (int(v) for v in args.occlusion.split("/"))
     only = [s for s in args.methods.split(",") if s]
+    skip = [s for s in args.skip.split(",") if s]
     machine = common.machine()
     print(f"# {machine}", flush=True)
     rows: list[dict] = []
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if "methods" in suites:
                 print(f"## {model.name} batch {b} {tuple(x.shape)}", flush=True)
                 sel = [c for c in cases(win, stride) if (not only or any(o in c.label for o in only))
+                       and not any(k in c.label for k in skip)
                        and not (args.quick and (c.heavy or (b > 1 and not c.batch8)))]
                 rows += run_cases(model, x, t, sel, args.runs, budget_s=args.budget)
             if "multi" in suites:

@@ -63,10 +63,13 @@ def render(rows: list[dict], machine: dict, command: str) -> str:
                           for r in chunk]), ""]
     e2e = [r for r in rows if r["kind"] == "e2e"]
     if e2e:
-        parts += ["### End to end (HTTP on loopback; latency ms; overhead = latency - queue_ms - batch_ms)", "",
+        parts += ["### End to end (HTTP on loopback; latency ms; overhead = client latency - queue_ms - batch_ms; "
+                  "gateway-side = the gateway's total_ms - queue_ms - batch_ms)", "",
                   _table(["model", "worker", "concurrency", "requests", "req/s", "p50", "p95", "p99", "mean batch",
-                          "overhead p50", "overhead p99", "errors"],
+                          "overhead p50", "overhead p99", "gateway-side p50", "gateway-side p99", "errors"],
                          [[r["model"], r["config"], str(r["concurrency"]), str(r["requests"]), f"{r['throughput']:.2f}",
                            fmt_ms(r["p50"]), fmt_ms(r["p95"]), fmt_ms(r["p99"]), f"{r['mean_batch']:.1f}",
-                           fmt_ms(r["overhead_p50"]), fmt_ms(r["overhead_p99"]), str(r["errors"])] for r in e2e]), ""]
+                           fmt_ms(r["overhead_p50"]), fmt_ms(r["overhead_p99"]),
+                           fmt_ms(r.get("gateway_overhead_p50")), fmt_ms(r.get("gateway_overhead_p99")),
+                           str(r["errors"])] for r in e2e]), ""]
     return "\n".join(parts)
