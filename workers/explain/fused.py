@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,9 @@ from schemas.methods import CATALOG, Params
 from workers.errors import ExplainError
 from workers.explain.base import (APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Progress,
                                   target_scores)
-from workers.explain.engine import Rule, RuleMode, finish_inplace
 from workers.explain.fem import fem_map
 from workers.explain.gradients import upsample
-from workers.explain.relu_rules import RECTIFIER_KINDS, parse_rectifier, relu_rule_call
+from workers.explain.relu_rules import rectifier_mode
 from workers.loading import LoadedModel
 
 FUSABLE = ("saliency", "gradcam", "guided_backprop", "guided_gradcam", "deconvnet", "fem", "cam")
@@ -93,49 +92,6 @@ class _Switch:
 
     def __init__(self) -> None:
         self.mode = "plain"
-
-
-class _SwitchedRectifier(torch.autograd.Function):
-    """Forward: the rectifier itself, saving its derivative f'(x) (a boolean mask for ReLU).
-    Backward, by the switch: plain g * f'(x) (autograd's own), guided max(g, 0) * f'(x),
-    DeconvNet max(g, 0) (relu_rules' formulas, the same float operations)."""
-
-    @staticmethod
-    def forward(ctx, x, rect, switch):
-        ctx.switch = switch
-        ctx.save_for_backward(rect.derivative(x))
-        return rect.forward(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (d,) = ctx.saved_tensors
-        mode = ctx.switch.mode
-        if mode == "plain":
-            if d.dtype == torch.bool:
-                return torch.where(d, g, torch.zeros((), dtype=g.dtype, device=g.device)), None, None
-            return g * d.to(g.dtype), None, None
-        g = g.clamp(min=0)
-        if mode == "guided":
-            g = g * d.to(g.dtype)
-        return g, None, None
-
-
-class _SwitchedRule(Rule):
-    def __init__(self, switch: _Switch):
-        self.switch = switch
-
-    def call(self, func: Callable, args: tuple, kwargs: dict, index: int):
-        rect = parse_rectifier(func, args, kwargs)
-        if rect is None:
-            return func(*args, **kwargs)
-        x = rect.x
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            out = rect.forward(x)
-        elif rect.kind == "relu":
-            return relu_rule_call(rect, self.switch)
-        else:
-            out = _SwitchedRectifier.apply(x, rect, self.switch)
-        return finish_inplace(x, out, rect.inplace)
 
 
 class _Capture:
@@ -191,8 +147,7 @@ class FusedPass:
                 with torch.enable_grad():
                     xi = self.x.detach().requires_grad_(self.x_grad)
                     if self.need_guided or self.need_deconv:
-                        rule = _SwitchedRule(self.switch)
-                        with RuleMode({kind: rule for kind in RECTIFIER_KINDS}):
+                        with rectifier_mode(self.switch):
                             logits = net(xi)
                     else:
                         logits = net(xi)

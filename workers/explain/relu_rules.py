@@ -84,23 +84,36 @@ def parse_rectifier(func: Callable, args: tuple, kwargs: dict) -> _Rectifier | N
     return None
 
 
+def _mode(mode) -> str:
+    """A rule's mode: "guided", "deconv", or an object whose ``.mode`` names the rule of the
+    backward pass now running ("plain" | "guided" | "deconv"; the fused pass switches it)."""
+    return mode if isinstance(mode, str) else mode.mode
+
+
 class _RectifiedBackward(torch.autograd.Function):
-    """Forward: the rectifier itself. Backward: max(g, 0), times f'(x) when guided.
+    """Forward: the rectifier itself. Backward by the mode: plain g * f'(x) (autograd's own),
+    guided max(g, 0) * f'(x), DeconvNet max(g, 0).
 
     Only the (boolean where possible) derivative is saved, never ``x``: an
     in-place caller overwrites ``x`` right after this call."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rect: _Rectifier, guided: bool) -> torch.Tensor:
-        ctx.guided = guided
-        if guided:
+    def forward(ctx, x: torch.Tensor, rect: _Rectifier, mode) -> torch.Tensor:
+        ctx.mode = mode
+        if mode != "deconv":
             ctx.save_for_backward(rect.derivative(x))
         return rect.forward(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
+        mode = _mode(ctx.mode)
+        if mode == "plain":
+            (d,) = ctx.saved_tensors
+            if d.dtype == torch.bool:
+                return torch.where(d, g, torch.zeros((), dtype=g.dtype, device=g.device)), None, None
+            return g * d.to(g.dtype), None, None
         g = g.clamp(min=0)
-        if ctx.guided:
+        if mode == "guided":
             (d,) = ctx.saved_tensors
             g = g * d.to(g.dtype)
         return g, None, None
@@ -127,7 +140,7 @@ class ReluRuleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        mode = ctx.mode if isinstance(ctx.mode, str) else ctx.mode.mode
+        mode = _mode(ctx.mode)
         if mode == "plain":
             (out,) = ctx.saved_tensors
             return torch.ops.aten.threshold_backward(g, out, 0), None, None
@@ -144,10 +157,11 @@ def relu_rule_call(rect: _Rectifier, mode):
 
 
 class RectifierRule(Rule):
-    """The engine rule for one of the two modified backward passes."""
+    """The engine rule for every rectifier call: ``mode`` is "guided", "deconv", or the fused
+    pass's switch (see :func:`_mode`)."""
 
-    def __init__(self, guided: bool):
-        self.guided = guided
+    def __init__(self, mode):
+        self.mode = mode
 
     def call(self, func: Callable, args: tuple, kwargs: dict, index: int):
         rect = parse_rectifier(func, args, kwargs)
@@ -157,13 +171,14 @@ class RectifierRule(Rule):
         if not (torch.is_grad_enabled() and x.requires_grad):
             out = rect.forward(x)
         elif rect.kind == "relu":
-            return relu_rule_call(rect, "guided" if self.guided else "deconv")
+            return relu_rule_call(rect, self.mode)
         else:
-            out = _RectifiedBackward.apply(x, rect, self.guided)
+            out = _RectifiedBackward.apply(x, rect, self.mode)
         return finish_inplace(x, out, rect.inplace)
 
 
-def rectifier_mode(guided: bool) -> RuleMode:
-    """A RuleMode applying the guided (True) or DeconvNet (False) rule to every rectifier call."""
-    rule = RectifierRule(guided)
+def rectifier_mode(guided: bool | object) -> RuleMode:
+    """A RuleMode applying the guided (True) or DeconvNet (False) rule to every rectifier call,
+    or the rule a switch object names at each backward call (the fused pass)."""
+    rule = RectifierRule(("guided" if guided else "deconv") if isinstance(guided, bool) else guided)
     return RuleMode({kind: rule for kind in RECTIFIER_KINDS})
