@@ -44,10 +44,10 @@ def write_test_registry(tmp: Path) -> Path:
 
 
 class Stack:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, registry: Path | None = None):
         self.tmp = tmp
         self.redis = EmbeddedRedis(tmp / "redis").start()
-        self.registry = write_test_registry(tmp)
+        self.registry = registry or write_test_registry(tmp)
         self.env = {**os.environ, "REDIS_URL": self.redis.url, "WHITEBOX_MODELS": str(self.registry),
                     "WHITEBOX_CLAIM_IDLE_MS": "3000", "WHITEBOX_MAX_IMAGE_PIXELS": str(1_000_000),
                     "WHITEBOX_MAX_BODY_BYTES": str(3_000_000), "WHITEBOX_REQUEST_TIMEOUT_S": "120",
