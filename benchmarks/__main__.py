@@ -10,6 +10,7 @@ The full run (4 models x 2 batch sizes x every method, occlusion 16/8 and LIME 5
 224x224) takes hours on two CPU cores; ``--quick`` keeps the light methods, 3 runs,
 occlusion 32/16 and short load levels. Results: JSON (``--json``) and Markdown (``--md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ from benchmarks import common
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="demo,resnet18,resnet50,vgg16")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--size", type=int, default=224, help="input side of the torchvision models")
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="leave out these method labels (substring match), e.g. occlusion,lime")
     ap.add_argument("--quick", action="store_true", help="light methods, 3 runs, occlusion 32/16, short load")
     ap.add_argument("--occlusion", default="16/8", help="window/stride of the occlusion case")
-    ap.add_argument("--budget", type=float, default=None, help="seconds per measurement before stopping early (>= 3 runs)")
+    ap.add_argument(
+        "--budget", type=float, default=None, help="seconds per measurement before stopping early (>= 3 runs)"
+    )
     ap.add_argument("--e2e-models", default="shapes-cnn,resnet18")
     ap.add_argument("--e2e-size", type=int, default=224)
     ap.add_argument("--concurrency", default="1,4,16,64")
@@ -71,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             x, t = common.inputs(model, b)
             if "methods" in suites:
                 print(f"## {model.name} batch {b} {tuple(x.shape)}", flush=True)
-                sel = [c for c in cases(win, stride) if (not only or any(o in c.label for o in only))
-                       and not any(k in c.label for k in skip)
-                       and not (args.quick and (c.heavy or (b > 1 and not c.batch8)))]
+                sel = [
+                    c
+                    for c in cases(win, stride)
+                    if (not only or any(o in c.label for o in only))
+                    and not any(k in c.label for k in skip)
+                    and not (args.quick and (c.heavy or (b > 1 and not c.batch8)))
+                ]
                 rows += run_cases(model, x, t, sel, args.runs, budget_s=args.budget)
             if "multi" in suites:
                 print(f"## six-method request, {model.name} batch {b}", flush=True)
@@ -95,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         print("## end to end", flush=True)
         conc = [int(c) for c in args.concurrency.split(",")]
         configs = {"batching": {}, "no batching": {"WHITEBOX_MAX_BATCH_SIZE": "1"}}
-        rows += run_e2e([m for m in args.e2e_models.split(",") if m], conc, args.threads,
-                        16 if args.quick else args.e2e_requests, args.e2e_size, configs,
-                        ["saliency", "gradcam", "fem"])
+        rows += run_e2e(
+            [m for m in args.e2e_models.split(",") if m],
+            conc,
+            args.threads,
+            16 if args.quick else args.e2e_requests,
+            args.e2e_size,
+            configs,
+            ["saliency", "gradcam", "fem"],
+        )
     _save(rows, machine, args)
     print(f"# done in {time.perf_counter() - t_start:.0f} s; {args.md}", flush=True)
     return 0
@@ -107,9 +121,10 @@ def _save(rows, machine, args) -> None:
     from benchmarks.report import render
 
     cmd = "python -m benchmarks " + " ".join(sys.argv[1:])
-    for path, text in ((args.json, json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1,
-                                              default=str)),
-                       (args.md, render(rows, machine, cmd))):
+    for path, text in (
+        (args.json, json.dumps({"machine": machine, "command": cmd, "rows": rows}, indent=1, default=str)),
+        (args.md, render(rows, machine, cmd)),
+    ):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)

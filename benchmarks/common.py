@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: models, inputs, interleaved timing, the machine."""
+
 from __future__ import annotations
 
 import copy
@@ -6,8 +7,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -29,8 +30,9 @@ def build_model(name: str, size: int = 224, num_classes: int = 1000, seed: int =
 
     torch.manual_seed(seed)
     net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-    entry = ModelEntry(name=name, architecture=f"torchvision.{name}", num_classes=num_classes,
-                       input={"size": [size, size], **IMAGENET})
+    entry = ModelEntry(
+        name=name, architecture=f"torchvision.{name}", num_classes=num_classes, input={"size": [size, size], **IMAGENET}
+    )
     return load_model(entry, module=net)
 
 
@@ -63,8 +65,9 @@ class Timing:
         return statistics.median(self.runs) if self.runs else float("nan")
 
 
-def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 1,
-                budget_s: float | None = None) -> dict[str, Timing]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int = 1, budget_s: float | None = None
+) -> dict[str, Timing]:
     """Median-able timings of several callables, run in turn (ours, reference, floor, ours, ...)
     so a change of machine load hits them alike. ``budget_s`` stops early (at least 3 runs)."""
     out = {k: Timing() for k in fns}
@@ -88,6 +91,7 @@ def machine() -> dict:
 
     try:
         import zennit
+
         zv = getattr(zennit, "__version__", None) or _dist_version("zennit")
     except ImportError:  # pragma: no cover
         zv = None
@@ -104,10 +108,18 @@ def machine() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpu": cpu, "cpus_usable": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "captum": captum.__version__, "zennit": zv, "loadavg": load,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {
+        "cpu": cpu,
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "captum": captum.__version__,
+        "zennit": zv,
+        "loadavg": load,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def _dist_version(name: str) -> str | None:

@@ -2,6 +2,7 @@
 loopback, driven by an async httpx load generator at several concurrencies, with dynamic
 batching on (the Settings defaults) and off (WHITEBOX_MAX_BATCH_SIZE=1); the gateway's own
 overhead is the client's latency minus the worker's queue and batch time from the response."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,16 +33,31 @@ def write_registry(tmp: Path, size: int, torchvision_models: list[str]) -> Path:
 
     from workers.data.shapes import LABELS
 
-    models = [{"name": "shapes-cnn", "architecture": "whitebox.shapes_cnn", "weights": str(DEMO_WEIGHTS),
-               "num_classes": 10, "labels": list(LABELS),
-               "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}, "target_layer": "features.10"}]
+    models = [
+        {
+            "name": "shapes-cnn",
+            "architecture": "whitebox.shapes_cnn",
+            "weights": str(DEMO_WEIGHTS),
+            "num_classes": 10,
+            "labels": list(LABELS),
+            "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+            "target_layer": "features.10",
+        }
+    ]
     for arch in torchvision_models:
         torch.manual_seed(0)
         net = getattr(torchvision.models, arch)(weights=None)
         path = tmp / f"{arch}.safetensors"
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-        models.append({"name": arch, "architecture": f"torchvision.{arch}", "weights": path.name, "num_classes": 1000,
-                       "input": {"size": [size, size], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}})
+        models.append(
+            {
+                "name": arch,
+                "architecture": f"torchvision.{arch}",
+                "weights": path.name,
+                "num_classes": 1000,
+                "input": {"size": [size, size], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            }
+        )
     reg = tmp / "registry.yaml"
     reg.write_text(yaml.safe_dump({"models": models}))
     return reg
@@ -53,10 +69,16 @@ class Stack:
 
         self.tmp = tmp
         self.redis = EmbeddedRedis(tmp / "redis").start()
-        self.env = {**os.environ, "REDIS_URL": self.redis.url, "WHITEBOX_MODELS": str(registry),
-                    "WHITEBOX_WORKER_THREADS": str(threads), "WHITEBOX_LOG_LEVEL": "WARNING",
-                    "WHITEBOX_MAX_QUEUE_DEPTH": "10000", "WHITEBOX_REQUEST_TIMEOUT_S": "600",
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "WHITEBOX_MODELS": str(registry),
+            "WHITEBOX_WORKER_THREADS": str(threads),
+            "WHITEBOX_LOG_LEVEL": "WARNING",
+            "WHITEBOX_MAX_QUEUE_DEPTH": "10000",
+            "WHITEBOX_REQUEST_TIMEOUT_S": "600",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.gateway = self._spawn(["-m", "service"], "gateway", {"WHITEBOX_PORT": str(self.port)})
@@ -64,8 +86,9 @@ class Stack:
 
     def _spawn(self, args, name, extra):
         log = open(self.tmp / f"{name}.log", "a")
-        return subprocess.Popen([sys.executable, *args], env={**self.env, **extra}, cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, *args], env={**self.env, **extra}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def start_worker(self, extra: dict, models: list[str], timeout: float = 300) -> None:
         self.stop_worker()
@@ -122,6 +145,7 @@ async def load(url: str, body_of, concurrency: int, total: int) -> dict:
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
         async def user():
             nonlocal errors
             for k in counter:
@@ -146,16 +170,33 @@ async def load(url: str, body_of, concurrency: int, total: int) -> dict:
     def pct(a, q):
         return float(np.percentile(a, q)) if a else float("nan")
 
-    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "wall_s": wall,
-            "throughput": len(lat) / wall if wall > 0 else float("nan"),
-            "p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
-            "overhead_p50": pct(over, 50), "overhead_p99": pct(over, 99),
-            "gateway_overhead_p50": pct(gw_over, 50), "gateway_overhead_p99": pct(gw_over, 99),
-            "mean_batch": statistics.mean(batch_sizes) if batch_sizes else float("nan")}
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "errors": errors,
+        "wall_s": wall,
+        "throughput": len(lat) / wall if wall > 0 else float("nan"),
+        "p50": pct(lat, 50),
+        "p95": pct(lat, 95),
+        "p99": pct(lat, 99),
+        "overhead_p50": pct(over, 50),
+        "overhead_p99": pct(over, 99),
+        "gateway_overhead_p50": pct(gw_over, 50),
+        "gateway_overhead_p99": pct(gw_over, 99),
+        "mean_batch": statistics.mean(batch_sizes) if batch_sizes else float("nan"),
+    }
 
 
-def run_e2e(models: list[str], concurrencies: list[int], threads: int, requests_per_level: int, size: int,
-            configs: dict[str, dict], methods: list, log=print) -> list[dict]:
+def run_e2e(
+    models: list[str],
+    concurrencies: list[int],
+    threads: int,
+    requests_per_level: int,
+    size: int,
+    configs: dict[str, dict],
+    methods: list,
+    log=print,
+) -> list[dict]:
     tv = [m for m in models if m != "shapes-cnn"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="whitebox-bench-") as d:
@@ -179,10 +220,12 @@ def run_e2e(models: list[str], concurrencies: list[int], threads: int, requests_
                         res = asyncio.run(load(stack.url, body_of, c, n))
                         res.update({"kind": "e2e", "config": cname, "model": model, "methods": methods})
                         rows.append(res)
-                        log(f"  {model:10s} {cname:11s} c={c:3d}  {res['throughput']:.2f} req/s  "
+                        log(
+                            f"  {model:10s} {cname:11s} c={c:3d}  {res['throughput']:.2f} req/s  "
                             f"p50 {res['p50'] * 1000:.0f} p95 {res['p95'] * 1000:.0f} p99 {res['p99'] * 1000:.0f} ms  "
                             f"mean batch {res['mean_batch']:.1f}  overhead p50 {res['overhead_p50'] * 1000:.1f} "
-                            f"p99 {res['overhead_p99'] * 1000:.1f} ms  errors {res['errors']}")
+                            f"p99 {res['overhead_p99'] * 1000:.1f} ms  errors {res['errors']}"
+                        )
         finally:
             stack.stop()
     return rows

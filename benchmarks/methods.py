@@ -2,11 +2,13 @@
 the same network, input, target, parameters and thread count, next to the physical floor
 measured in the same run (forward only, forward + backward to the input, forward up to
 the CAM/FEM layer); and the six-method request fused against the separate calls."""
+
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,7 @@ class Case:
 
 # ---- reference builders ---------------------------------------------------------------------
 
+
 def _captum(cls_name: str, layer: bool = False, **kw):
     def build(e: Env):
         import captum.attr as ca
@@ -77,6 +80,7 @@ def _captum(cls_name: str, layer: bool = False, **kw):
         cls = getattr(ca, cls_name)
         algo = cls(e.ref, e.ref_layer) if layer else cls(e.ref)
         return lambda: algo.attribute(e.x_ref, target=e.t, **kw)
+
     return build
 
 
@@ -85,8 +89,9 @@ def _gradcam(e: Env):
 
     algo = LayerGradCam(e.ref, e.ref_layer)
     size = tuple(e.x.shape[-2:])
-    return lambda: LayerAttribution.interpolate(algo.attribute(e.x_ref, target=e.t, relu_attributions=True),
-                                                size, "bilinear")
+    return lambda: LayerAttribution.interpolate(
+        algo.attribute(e.x_ref, target=e.t, relu_attributions=True), size, "bilinear"
+    )
 
 
 def _ig(e: Env):
@@ -94,8 +99,9 @@ def _ig(e: Env):
 
     algo = IntegratedGradients(e.ref)
     base = e.black
-    return lambda: algo.attribute(e.x_ref, baselines=base, target=e.t, n_steps=50, method="riemann_trapezoid",
-                                  internal_batch_size=16)
+    return lambda: algo.attribute(
+        e.x_ref, baselines=base, target=e.t, n_steps=50, method="riemann_trapezoid", internal_batch_size=16
+    )
 
 
 def _smoothgrad(e: Env):
@@ -104,8 +110,9 @@ def _smoothgrad(e: Env):
     algo = NoiseTunnel(Saliency(e.ref))
     flat = e.x.flatten(1)
     sigma = float((0.15 * (flat.max(1).values - flat.min(1).values)).mean())
-    return lambda: algo.attribute(e.x_ref, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=16,
-                                  stdevs=sigma, target=e.t, abs=False)
+    return lambda: algo.attribute(
+        e.x_ref, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=16, stdevs=sigma, target=e.t, abs=False
+    )
 
 
 def _deeplift(e: Env):
@@ -126,35 +133,55 @@ def _occlusion(window: int, stride: int, ppe: int | None):
         c = e.x.shape[1]
         per_eval = ppe or batch_for(e.x)
         fill = e.gray
-        return lambda: algo.attribute(e.x_ref, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
-                                      baselines=fill, target=e.t, perturbations_per_eval=per_eval)
+        return lambda: algo.attribute(
+            e.x_ref,
+            sliding_window_shapes=(c, window, window),
+            strides=(c, stride, stride),
+            baselines=fill,
+            target=e.t,
+            perturbations_per_eval=per_eval,
+        )
+
     return build
 
 
 def _lime(samples: int, segments: int):
     def build(e: Env):
-        from captum.attr import Lime
         from captum._utils.models.linear_model import SkLearnRidge
+        from captum.attr import Lime
 
         from workers.explain import lime as L
 
-        masks = [torch.from_numpy(L.segment(e.model, e.x[i], "slic", segments)).long()[None, None]
-                 for i in range(e.x.shape[0])]
+        masks = [
+            torch.from_numpy(L.segment(e.model, e.x[i], "slic", segments)).long()[None, None]
+            for i in range(e.x.shape[0])
+        ]
         algo = Lime(e.ref, interpretable_model=SkLearnRidge(alpha=1.0))
 
         def run():
             for i, mask in enumerate(masks):
-                algo.attribute(e.x_ref[i:i + 1], target=e.t[i:i + 1], feature_mask=mask.expand_as(e.x_ref[i:i + 1]),
-                               n_samples=samples)
+                algo.attribute(
+                    e.x_ref[i : i + 1],
+                    target=e.t[i : i + 1],
+                    feature_mask=mask.expand_as(e.x_ref[i : i + 1]),
+                    n_samples=samples,
+                )
+
         return run
+
     return build
 
 
 def _zennit(kind: str):
     def build(e: Env):
         from zennit.attribution import Gradient
-        from zennit.composites import (EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite,
-                                       SpecialFirstLayerMapComposite, layer_map_base)
+        from zennit.composites import (
+            EpsilonGammaBox,
+            EpsilonPlusFlat,
+            LayerMapComposite,
+            SpecialFirstLayerMapComposite,
+            layer_map_base,
+        )
         from zennit.rules import Epsilon, Gamma, ZBox, ZPlus
         from zennit.types import Convolution, Linear
 
@@ -164,26 +191,36 @@ def _zennit(kind: str):
         def composite():
             canon = e.canonizers()
             if kind == "epsilon":
-                return LayerMapComposite(layer_map=layer_map_base() + [(Convolution, Epsilon(0.25)),
-                                                                       (torch.nn.Linear, Epsilon(0.25))], canonizers=canon)
+                return LayerMapComposite(
+                    layer_map=layer_map_base() + [(Convolution, Epsilon(0.25)), (torch.nn.Linear, Epsilon(0.25))],
+                    canonizers=canon,
+                )
             if kind == "gamma":
-                return LayerMapComposite(layer_map=layer_map_base() + [(Convolution, Gamma(0.25)),
-                                                                       (torch.nn.Linear, Gamma(0.25))], canonizers=canon)
+                return LayerMapComposite(
+                    layer_map=layer_map_base() + [(Convolution, Gamma(0.25)), (torch.nn.Linear, Gamma(0.25))],
+                    canonizers=canon,
+                )
             if kind == "epsilon_gamma_box":
                 return EpsilonGammaBox(low=lo, high=hi, epsilon=0.25, gamma=0.25, canonizers=canon)
             if kind == "epsilon_plus_flat":
                 return EpsilonPlusFlat(epsilon=0.25, canonizers=canon)
             if kind == "deep_taylor":
-                return SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(Linear, ZPlus(zero_params="bias"))],
-                                                     first_map=[(Linear, ZBox(lo, hi, zero_params="bias"))],
-                                                     canonizers=canon)
+                return SpecialFirstLayerMapComposite(
+                    layer_map=layer_map_base() + [(Linear, ZPlus(zero_params="bias"))],
+                    first_map=[(Linear, ZBox(lo, hi, zero_params="bias"))],
+                    canonizers=canon,
+                )
             raise KeyError(kind)
 
         def run():
             with Gradient(e.ref, composite()) as attributor:
-                attributor(e.x_ref.detach().clone().requires_grad_(True),
-                           lambda out: F.one_hot(e.t, out.shape[1]).to(out) * out)
+                attributor(
+                    e.x_ref.detach().clone().requires_grad_(True),
+                    lambda out: F.one_hot(e.t, out.shape[1]).to(out) * out,
+                )
+
         return run
+
     return build
 
 
@@ -194,34 +231,84 @@ def cases(occ_window: int = 16, occ_stride: int = 8, lime_samples: int = 500) ->
         Case("deconvnet", {}, "deconvnet", "Captum Deconvolution", _captum("Deconvolution")),
         Case("guided_backprop", {}, "guided_backprop", "Captum GuidedBackprop", _captum("GuidedBackprop")),
         Case("gradcam", {}, "gradcam", "Captum LayerGradCam + interpolate", _gradcam),
-        Case("guided_gradcam", {}, "guided_gradcam", "Captum GuidedGradCam",
-             _captum("GuidedGradCam", layer=True, interpolate_mode="bilinear")),
+        Case(
+            "guided_gradcam",
+            {},
+            "guided_gradcam",
+            "Captum GuidedGradCam",
+            _captum("GuidedGradCam", layer=True, interpolate_mode="bilinear"),
+        ),
         Case("fem", {}, "fem", None, None, floor="to_layer"),
         Case("cam", {}, "cam", None, None, floor="to_layer"),
-        Case("integrated_gradients", {}, "integrated_gradients (50 steps, chunk 16)", "Captum IntegratedGradients",
-             _ig, heavy=False, batch8=False),
-        Case("smoothgrad", {}, "smoothgrad (25 samples, chunk 16)", "Captum NoiseTunnel(Saliency)", _smoothgrad,
-             batch8=False),
+        Case(
+            "integrated_gradients",
+            {},
+            "integrated_gradients (50 steps, chunk 16)",
+            "Captum IntegratedGradients",
+            _ig,
+            heavy=False,
+            batch8=False,
+        ),
+        Case(
+            "smoothgrad",
+            {},
+            "smoothgrad (25 samples, chunk 16)",
+            "Captum NoiseTunnel(Saliency)",
+            _smoothgrad,
+            batch8=False,
+        ),
         Case("deeplift", {}, "deeplift (float64, default)", "Captum DeepLift", _deeplift),
         Case("deeplift", {"precision": "float32"}, "deeplift (float32)", "Captum DeepLift", _deeplift),
         Case("lrp", {"rule": "epsilon"}, "lrp epsilon", "Zennit Epsilon", _zennit("epsilon")),
         Case("lrp", {"rule": "gamma"}, "lrp gamma", "Zennit Gamma", _zennit("gamma")),
-        Case("lrp", {"composite": "epsilon_plus_flat"}, "lrp epsilon_plus_flat", "Zennit EpsilonPlusFlat",
-             _zennit("epsilon_plus_flat")),
-        Case("lrp", {"composite": "epsilon_gamma_box"}, "lrp epsilon_gamma_box", "Zennit EpsilonGammaBox",
-             _zennit("epsilon_gamma_box")),
+        Case(
+            "lrp",
+            {"composite": "epsilon_plus_flat"},
+            "lrp epsilon_plus_flat",
+            "Zennit EpsilonPlusFlat",
+            _zennit("epsilon_plus_flat"),
+        ),
+        Case(
+            "lrp",
+            {"composite": "epsilon_gamma_box"},
+            "lrp epsilon_gamma_box",
+            "Zennit EpsilonGammaBox",
+            _zennit("epsilon_gamma_box"),
+        ),
         Case("deep_taylor", {}, "deep_taylor (zbox)", "Zennit DTD (ZBox + ZPlus)", _zennit("deep_taylor")),
-        Case("occlusion", occ, f"occlusion {occ_window}/{occ_stride}", "Captum Occlusion (ppe=1, default)",
-             _occlusion(occ_window, occ_stride, 1), floor="fwd", batch8=False),
-        Case("occlusion", occ, f"occlusion {occ_window}/{occ_stride}",
-             "Captum Occlusion (ppe = our chunk)", _occlusion(occ_window, occ_stride, None), floor="fwd",
-             batch8=False),
-        Case("lime", {"samples": lime_samples}, f"lime ({lime_samples} samples)", "Captum Lime (ppe=1, same superpixels)",
-             _lime(lime_samples, 50), floor="fwd", heavy=True, batch8=False),
+        Case(
+            "occlusion",
+            occ,
+            f"occlusion {occ_window}/{occ_stride}",
+            "Captum Occlusion (ppe=1, default)",
+            _occlusion(occ_window, occ_stride, 1),
+            floor="fwd",
+            batch8=False,
+        ),
+        Case(
+            "occlusion",
+            occ,
+            f"occlusion {occ_window}/{occ_stride}",
+            "Captum Occlusion (ppe = our chunk)",
+            _occlusion(occ_window, occ_stride, None),
+            floor="fwd",
+            batch8=False,
+        ),
+        Case(
+            "lime",
+            {"samples": lime_samples},
+            f"lime ({lime_samples} samples)",
+            "Captum Lime (ppe=1, same superpixels)",
+            _lime(lime_samples, 50),
+            floor="fwd",
+            heavy=True,
+            batch8=False,
+        ),
     ]
 
 
 # ---- running ------------------------------------------------------------------------------
+
 
 def floors(e: Env) -> dict[str, Callable[[], Any]]:
     net, x, t = e.model.module, e.x, e.t
@@ -254,14 +341,24 @@ def run_cases(model, x, t, selected: list[Case], runs: int, log=print, budget_s:
     floor_t = interleaved(fl, runs)
     floor_med = {k: v.median for k, v in floor_t.items()}
     rows.append({"kind": "floor", "model": model.name, "batch": x.shape[0], **{k: floor_med[k] for k in fl}})
-    log(f"  floor  fwd {floor_med['fwd'] * 1000:.1f} ms  fwd+bwd {floor_med['fwd_bwd'] * 1000:.1f} ms  "
-        f"to {e.layer} {floor_med['to_layer'] * 1000:.1f} ms")
+    log(
+        f"  floor  fwd {floor_med['fwd'] * 1000:.1f} ms  fwd+bwd {floor_med['fwd_bwd'] * 1000:.1f} ms  "
+        f"to {e.layer} {floor_med['to_layer'] * 1000:.1f} ms"
+    )
     from workers.explain import applicability
 
     usable = applicability(model)
     for c in selected:
-        row: dict[str, Any] = {"kind": "method", "model": model.name, "batch": x.shape[0], "method": c.method,
-                               "label": c.label, "params": c.params, "reference": c.ref_name, "floor_kind": c.floor}
+        row: dict[str, Any] = {
+            "kind": "method",
+            "model": model.name,
+            "batch": x.shape[0],
+            "method": c.method,
+            "label": c.label,
+            "params": c.params,
+            "reference": c.ref_name,
+            "floor_kind": c.floor,
+        }
         if usable.get(c.method):
             row["error"] = f"not applicable: {usable[c.method]}"
             rows.append(row)
@@ -293,7 +390,11 @@ def run_cases(model, x, t, selected: list[Case], runs: int, log=print, budget_s:
         if "error" in row:
             log(f"  {c.label:42s} ERROR {row['error']}")
         else:
-            ref = f"{c.ref_name} {row['ref'] * 1000:.1f} ms  ours/ref {row['ratio']:.2f}" if row["ref"] else "no reference"
+            ref = (
+                f"{c.ref_name} {row['ref'] * 1000:.1f} ms  ours/ref {row['ratio']:.2f}"
+                if row["ref"]
+                else "no reference"
+            )
             log(f"  {c.label:42s} ours {row['ours'] * 1000:.1f} ms  x{c.floor} {row['x_floor']:.2f}  {ref}")
     return rows
 
@@ -305,8 +406,10 @@ def run_multi(model, x, t, runs: int, log=print) -> list[dict]:
 
     e = make_env(model, x, t)
     refs = {
-        "saliency": _captum("Saliency", abs=False)(e), "deconvnet": _captum("Deconvolution")(e),
-        "guided_backprop": _captum("GuidedBackprop")(e), "gradcam": _gradcam(e),
+        "saliency": _captum("Saliency", abs=False)(e),
+        "deconvnet": _captum("Deconvolution")(e),
+        "guided_backprop": _captum("GuidedBackprop")(e),
+        "gradcam": _gradcam(e),
         "guided_gradcam": _captum("GuidedGradCam", layer=True, interpolate_mode="bilinear")(e),
         "fem": lambda: attribute(model, x, t, "fem"),
     }
@@ -323,13 +426,16 @@ def run_multi(model, x, t, runs: int, log=print) -> list[dict]:
         fused_attribute(model, x, t, [(m, None) for m in SIX])
 
     fl = floors(e)
-    tm = interleaved({"fused": fused, "separate_ours": separate_ours, "separate_ref": separate_ref,
-                      "fwd_bwd": fl["fwd_bwd"]}, runs)
+    tm = interleaved(
+        {"fused": fused, "separate_ours": separate_ours, "separate_ref": separate_ref, "fwd_bwd": fl["fwd_bwd"]}, runs
+    )
     row = {"kind": "multi", "model": model.name, "batch": x.shape[0], **{k: v.median for k, v in tm.items()}}
     row["ratio_ref"] = row["fused"] / row["separate_ref"]
     row["ratio_ours"] = row["fused"] / row["separate_ours"]
     row["x_floor"] = row["fused"] / row["fwd_bwd"]
-    log(f"  six methods: fused {row['fused'] * 1000:.1f} ms, ours separate {row['separate_ours'] * 1000:.1f} ms, "
+    log(
+        f"  six methods: fused {row['fused'] * 1000:.1f} ms, ours separate {row['separate_ours'] * 1000:.1f} ms, "
         f"references {row['separate_ref'] * 1000:.1f} ms -> fused/references {row['ratio_ref']:.2f}, "
-        f"x fwd+bwd {row['x_floor']:.2f}")
+        f"x fwd+bwd {row['x_floor']:.2f}"
+    )
     return [row]

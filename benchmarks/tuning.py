@@ -1,9 +1,9 @@
 """Measurements behind the defaults: the worker's batch size (``run_batch`` throughput per
 batch size, the in-process part of dynamic batching) and the IG / SmoothGrad chunk size."""
+
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from benchmarks.common import interleaved
@@ -18,8 +18,9 @@ def _items(model, n: int, methods: list, outputs: list[str]):
     out = []
     for k in range(n):
         img = Image.fromarray((np.random.default_rng(k).random((h, w, 3)) * 255).astype(np.uint8))
-        req = ExplainRequest.model_validate({"model": model.name, "image": "x", "methods": methods,
-                                             "outputs": outputs}).model_dump()
+        req = ExplainRequest.model_validate(
+            {"model": model.name, "image": "x", "methods": methods, "outputs": outputs}
+        ).model_dump()
         out.append(Item(request=req, image=img))
     return out
 
@@ -31,14 +32,24 @@ def batch_sweep(model, sizes: list[int], methods: list, runs: int, outputs=("hea
 
     rows = []
     for b in sizes:
-        fns = {"fused": lambda b=b: run_batch(model, _items(model, b, methods, list(outputs))),
-               "unfused": lambda b=b: run_batch(model, _items(model, b, methods, list(outputs)), fuse=False)}
+        fns = {
+            "fused": lambda b=b: run_batch(model, _items(model, b, methods, list(outputs))),
+            "unfused": lambda b=b: run_batch(model, _items(model, b, methods, list(outputs)), fuse=False),
+        }
         tm = interleaved(fns, runs)
-        row = {"kind": "batch_sweep", "model": model.name, "batch": b, "methods": methods,
-               "fused_per_item": tm["fused"].median / b, "unfused_per_item": tm["unfused"].median / b}
+        row = {
+            "kind": "batch_sweep",
+            "model": model.name,
+            "batch": b,
+            "methods": methods,
+            "fused_per_item": tm["fused"].median / b,
+            "unfused_per_item": tm["unfused"].median / b,
+        }
         rows.append(row)
-        log(f"  {model.name} batch {b:3d}: {row['fused_per_item'] * 1000:.1f} ms/request fused, "
-            f"{row['unfused_per_item'] * 1000:.1f} unfused")
+        log(
+            f"  {model.name} batch {b:3d}: {row['fused_per_item'] * 1000:.1f} ms/request fused, "
+            f"{row['unfused_per_item'] * 1000:.1f} unfused"
+        )
     base = rows[0]["fused_per_item"]
     for r in rows:
         r["speedup_vs_1"] = base / r["fused_per_item"]
@@ -54,7 +65,15 @@ def chunk_sweep(model, x, t, method: str, sizes: list[int], runs: int, log=print
         else:
             params["samples"] = 25
         tm = interleaved({"ours": lambda p=params: attribute(model, x, t, method, p)}, runs, budget_s=60)
-        rows.append({"kind": "chunk", "model": model.name, "method": method, "batch": x.shape[0], "chunk": s,
-                     "seconds": tm["ours"].median})
+        rows.append(
+            {
+                "kind": "chunk",
+                "model": model.name,
+                "method": method,
+                "batch": x.shape[0],
+                "chunk": s,
+                "seconds": tm["ours"].median,
+            }
+        )
         log(f"  {model.name} {method} internal_batch_size {s:3d}: {tm['ours'].median * 1000:.0f} ms")
     return rows

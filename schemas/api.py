@@ -1,4 +1,5 @@
 """HTTP request and response bodies of the v1 API (DESIGN.md §3)."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -21,7 +22,7 @@ class MethodCall(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check(self) -> "MethodCall":
+    def _check(self) -> MethodCall:
         spec = CATALOG.get(self.name)
         if spec is None:
             raise ValueError(f"unknown method {self.name!r}; known: {', '.join(sorted(CATALOG))}")
@@ -127,6 +128,7 @@ class JobState(BaseModel):
 
 # ---- evaluation (§7) -------------------------------------------------------------------
 
+
 class EvaluateRequest(BaseModel):
     """§7 metrics of one or more methods on one or more images of a model."""
 
@@ -136,16 +138,18 @@ class EvaluateRequest(BaseModel):
     images: list[str] = Field(..., min_length=1, max_length=16, description="base64 PNG or JPEG images")
     target: int | str = "predicted"
     methods: list[MethodCall] = Field(..., min_length=1, max_length=8)
-    metrics: list["MetricCall"] = Field(default_factory=lambda: [MetricCall(name=n) for n in DEFAULT_EVALUATE_METRICS],
-                                        min_length=1, max_length=32)
-    ground_truth: "GroundTruth | list[GroundTruth] | None" = Field(
-        None, description="object location in the client's image pixels: one for all images or one per image")
+    metrics: list[MetricCall] = Field(
+        default_factory=lambda: [MetricCall(name=n) for n in DEFAULT_EVALUATE_METRICS], min_length=1, max_length=32
+    )
+    ground_truth: GroundTruth | list[GroundTruth] | None = Field(
+        None, description="object location in the client's image pixels: one for all images or one per image"
+    )
     per_sample: bool = False
 
     _names = field_validator("methods", mode="before")(ExplainRequest._names_to_calls.__func__)
 
     @model_validator(mode="after")
-    def _check(self) -> "EvaluateRequest":
+    def _check(self) -> EvaluateRequest:
         if isinstance(self.ground_truth, list) and len(self.ground_truth) != len(self.images):
             raise ValueError(f"{len(self.ground_truth)} ground truths for {len(self.images)} images")
         problems = check_metrics(self.metrics, self.ground_truth is not None)
@@ -164,7 +168,7 @@ class MapIn(BaseModel):
     mask_png: str | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "MapIn":
+    def _one(self) -> MapIn:
         if (self.array is None) == (self.mask_png is None):
             raise ValueError("give exactly one of array, mask_png")
         if self.array is not None:
@@ -186,12 +190,12 @@ class CompareRequest(BaseModel):
     image: str | None = None
     target: int | str = "predicted"
     methods: list[MethodCall] | None = None
-    metrics: list["MetricCall"] | None = None
+    metrics: list[MetricCall] | None = None
 
     _names = field_validator("methods", mode="before")(ExplainRequest._names_to_calls.__func__)
 
     @model_validator(mode="after")
-    def _check(self) -> "CompareRequest":
+    def _check(self) -> CompareRequest:
         maps = self.map_a is not None or self.map_b is not None
         if maps:
             if self.map_a is None or self.map_b is None or self.image is not None or self.methods is not None:

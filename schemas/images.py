@@ -3,6 +3,7 @@
 PNG or JPEG only; the pixel count is checked from the header before any
 decoding (decompression bombs), and the whole file is decoded so that a
 truncated image is rejected at the door."""
+
 from __future__ import annotations
 
 import base64
@@ -37,8 +38,9 @@ def decode_image(data: bytes | str, max_pixels: int) -> Image.Image:
                 raise ImageProblem(f"unsupported image format {img.format}; send PNG or JPEG", field="image")
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageProblem(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}",
-                                   field="image")
+                raise ImageProblem(
+                    f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}", field="image"
+                )
             img.load()
     except ImageProblem:
         raise

@@ -1,5 +1,6 @@
 """Problem details (RFC 9457): the one error type that both the gateway and the
 worker raise, and that the gateway renders as application/problem+json."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,13 @@ class Problem(Exception):
     title = "Internal error"
     slug = "internal"
 
-    def __init__(self, detail: str, field: str | None = None, errors: list[dict] | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        detail: str,
+        field: str | None = None,
+        errors: list[dict] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail)
         self.detail = detail
         self.field = field
@@ -43,6 +49,7 @@ class ImageProblem(Problem):
 
 class MethodProblem(Problem):
     """The method cannot be applied as asked (unknown layer, a layer type with no rule, no GAP head...)."""
+
     status, title, slug = 422, "Method not applicable", "method-not-applicable"
 
 

@@ -12,6 +12,7 @@ Layout (prefix ``whitebox:``)::
     worker:{worker_id}  heartbeat: JSON {models, pid, ts}               (short TTL)
     model:{name}        JSON model card published by a worker           (TTL)
 """
+
 from __future__ import annotations
 
 import time
@@ -80,7 +81,7 @@ class JobMessage(BaseModel):
         return {"job": self.model_dump_json()}
 
     @classmethod
-    def decode(cls, fields: dict) -> "JobMessage":
+    def decode(cls, fields: dict) -> JobMessage:
         raw = fields.get("job") if "job" in fields else fields.get(b"job")
         if isinstance(raw, bytes):
             raw = raw.decode()

@@ -1,4 +1,5 @@
 """Model-registry configuration (DESIGN.md §4): one YAML file names the models a worker loads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ class InputSpec(BaseModel):
     std: list[float]
 
     @model_validator(mode="after")
-    def _check(self) -> "InputSpec":
+    def _check(self) -> InputSpec:
         if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
             raise ValueError("mean and std must both have 1 or 3 entries")
         if any(s <= 0 for s in self.std):
@@ -39,7 +40,7 @@ class ModelEntry(BaseModel):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _labels(self) -> "ModelEntry":
+    def _labels(self) -> ModelEntry:
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
         return self

@@ -1,4 +1,5 @@
 """Configuration from the environment (DESIGN.md §5): the one place for limits and defaults."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ class Settings:
     worker_threads: int = 0  # 0: the CPUs this process may use
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         keys = os.environ.get("WHITEBOX_API_KEYS", "")
         return cls(
             redis_url=os.environ.get("REDIS_URL") or None,

@@ -1,6 +1,7 @@
 """Prometheus metric names and label sets: the one place for them (gateway and worker).
 
 Base units, the ``whitebox_`` prefix, and no per-job labels."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -13,14 +14,26 @@ class WorkerMetrics:
     def __init__(self, registry=None):
         kw = {"registry": registry} if registry is not None else {}
         self.explanation_duration = Histogram(
-            "whitebox_explanation_duration_seconds", "Compute time of one explanation, per sample",
-            ["method", "model"], buckets=DURATION_BUCKETS, **kw)
+            "whitebox_explanation_duration_seconds",
+            "Compute time of one explanation, per sample",
+            ["method", "model"],
+            buckets=DURATION_BUCKETS,
+            **kw,
+        )
         self.queue_wait = Histogram(
-            "whitebox_queue_wait_seconds", "Time a job waited in the queue before a worker took it",
-            ["model"], buckets=WAIT_BUCKETS, **kw)
+            "whitebox_queue_wait_seconds",
+            "Time a job waited in the queue before a worker took it",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            **kw,
+        )
         self.batch_size = Histogram(
-            "whitebox_batch_size", "Jobs executed together in one batch", ["model"],
-            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), **kw)
+            "whitebox_batch_size",
+            "Jobs executed together in one batch",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            **kw,
+        )
         self.jobs = Counter("whitebox_jobs_total", "Jobs finished by a worker, by outcome", ["model", "outcome"], **kw)
         self.reclaimed = Counter("whitebox_jobs_reclaimed_total", "Jobs taken over from a dead worker", ["model"], **kw)
 
@@ -29,8 +42,10 @@ class GatewayMetrics:
     def __init__(self, registry=None):
         kw = {"registry": registry} if registry is not None else {}
         self.requests = Counter("whitebox_http_requests_total", "HTTP requests", ["route", "method", "status"], **kw)
-        self.latency = Histogram("whitebox_http_request_duration_seconds", "HTTP request latency", ["route"],
-                                 buckets=WAIT_BUCKETS, **kw)
+        self.latency = Histogram(
+            "whitebox_http_request_duration_seconds", "HTTP request latency", ["route"], buckets=WAIT_BUCKETS, **kw
+        )
         self.queue_depth = Gauge("whitebox_queue_depth", "Jobs waiting or running, per model stream", ["model"], **kw)
-        self.rejected = Counter("whitebox_jobs_rejected_total", "Jobs refused before enqueue, by reason",
-                                ["reason"], **kw)
+        self.rejected = Counter(
+            "whitebox_jobs_rejected_total", "Jobs refused before enqueue, by reason", ["reason"], **kw
+        )

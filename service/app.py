@@ -1,5 +1,6 @@
 """The gateway: validates requests, enqueues jobs on the model's Redis stream and
 answers when the worker has stored the result (DESIGN.md §3)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,18 @@ from schemas import queue as q
 from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest, JobAccepted
 from schemas.images import decode_image
 from schemas.methods import CATALOG
-from schemas.problems import (CancelledProblem, MethodProblem, NotFound, Overloaded, Problem, TargetProblem, Timeout,
-                              Unauthorized, Unavailable, ValidationProblem)
+from schemas.problems import (
+    CancelledProblem,
+    MethodProblem,
+    NotFound,
+    Overloaded,
+    Problem,
+    TargetProblem,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    ValidationProblem,
+)
 from schemas.registry import Registry, load_registry
 from schemas.settings import Settings
 from schemas.telemetry import GatewayMetrics
@@ -39,8 +50,9 @@ def problem_response(p: Problem) -> JSONResponse:
 
 def clean_errors(errors: list[dict]) -> list[dict]:
     """pydantic errors without the (possibly huge) input values."""
-    return [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in errors]
+    return [
+        {"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors
+    ]
 
 
 def validation_problem(e: ValidationError | RequestValidationError, prefix: tuple = ()) -> ValidationProblem:
@@ -105,8 +117,9 @@ class Gateway:
         """Model known, target in range, each method applicable with its layer (from the worker's card)."""
         entry = self.registry.get(model)
         if entry is None:
-            raise NotFound(f"unknown model {model!r}; models: {', '.join(m.name for m in self.registry.models)}",
-                           field="model")
+            raise NotFound(
+                f"unknown model {model!r}; models: {', '.join(m.name for m in self.registry.models)}", field="model"
+            )
         labels = self.labels[model]
         t = target
         if isinstance(t, str) and t != "predicted":
@@ -122,12 +135,16 @@ class Gateway:
             unsupported = card.get("unsupported_methods", {})
             for i, call in enumerate(methods):
                 if call.name in unsupported:
-                    raise MethodProblem(f"{call.name} cannot be applied to model {model!r}: "
-                                        f"{unsupported[call.name]}", field=f"methods.{i}.name")
+                    raise MethodProblem(
+                        f"{call.name} cannot be applied to model {model!r}: {unsupported[call.name]}",
+                        field=f"methods.{i}.name",
+                    )
                 layer = call.params.get("layer")
                 if layer is not None and layer not in layers:
-                    raise MethodProblem(f"unknown layer {layer!r} for model {model!r}; usable layers: "
-                                        f"{', '.join(sorted(layers))}", field=f"methods.{i}.params.layer")
+                    raise MethodProblem(
+                        f"unknown layer {layer!r} for model {model!r}; usable layers: {', '.join(sorted(layers))}",
+                        field=f"methods.{i}.params.layer",
+                    )
 
     def image_size(self, b64: str, field: str = "image") -> tuple[int, int]:
         try:
@@ -144,13 +161,23 @@ class Gateway:
         self.metrics.queue_depth.labels(model).set(depth)
         if depth >= self.settings.max_queue_depth:
             self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(f"{depth} jobs are queued for {model!r} (limit {self.settings.max_queue_depth}); "
-                             "retry later", headers={"Retry-After": "1"})
+            raise Overloaded(
+                f"{depth} jobs are queued for {model!r} (limit {self.settings.max_queue_depth}); retry later",
+                headers={"Retry-After": "1"},
+            )
         job = q.JobMessage(id=q.new_job_id(), model=model, request=request, image_size=size, kind=kind)
         ttl = self.settings.result_ttl_s
         p = self.redis.pipeline(transaction=False)
-        p.hset(q.job_key(job.id), mapping={"status": "queued", "progress": "0", "model": model, "kind": kind,
-                                           "created": f"{job.enqueued_at:.6f}"})
+        p.hset(
+            q.job_key(job.id),
+            mapping={
+                "status": "queued",
+                "progress": "0",
+                "model": model,
+                "kind": kind,
+                "created": f"{job.enqueued_at:.6f}",
+            },
+        )
         p.expire(q.job_key(job.id), ttl)
         p.xadd(stream, job.encode())
         await p.execute()
@@ -169,7 +196,7 @@ class Gateway:
                     return None
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), min(left, 1.0))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self.waiters.pop(job_id, None)
@@ -202,8 +229,11 @@ async def parse_explain(request: Request) -> ExplainRequest:
                     data["image"] = base64.b64encode(await value.read()).decode()
                 elif key in ("methods", "outputs"):
                     v = value.strip()
-                    data[key] = json.loads(v) if v.startswith("[") else data.get(key, []) + [
-                        json.loads(v) if v.startswith("{") else v]
+                    data[key] = (
+                        json.loads(v)
+                        if v.startswith("[")
+                        else data.get(key, []) + [json.loads(v) if v.startswith("{") else v]
+                    )
                 elif key in ("top_k",):
                     data[key] = int(value) if str(value).isdigit() else value
                 elif key == "target":
@@ -244,9 +274,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await gw.stop()
 
-    app = FastAPI(title="Whitebox", version="1.0",
-                  description="Pixel relevance maps for CNN image classifiers (white-box methods survey, JEI 2021)",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="Whitebox",
+        version="1.0",
+        description="Pixel relevance maps for CNN image classifiers (white-box methods survey, JEI 2021)",
+        lifespan=lifespan,
+    )
     app.state.gateway = gw
 
     async def require_key(request: Request) -> None:
@@ -255,8 +288,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth = request.headers.get("authorization", "")
         key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
         if key not in settings.api_keys:
-            raise Unauthorized("missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
@@ -295,19 +330,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def finish(job_id: str, started: float, wait: bool):
         if not wait:
-            return JSONResponse({"id": job_id, "status": "queued"}, status_code=202,
-                                headers={"Location": f"/v1/jobs/{job_id}"})
+            return JSONResponse(
+                {"id": job_id, "status": "queued"}, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"}
+            )
         payload = await gw.wait(job_id, settings.request_timeout_s)
         if payload is None:
             await gw.redis.set(q.cancel_key(job_id), "timeout", ex=settings.result_ttl_s)
-            raise Timeout(f"no result within {settings.request_timeout_s:g} s; the job was cancelled "
-                          "(use POST /v1/jobs, or ?wait=false, for long work)")
+            raise Timeout(
+                f"no result within {settings.request_timeout_s:g} s; the job was cancelled "
+                "(use POST /v1/jobs, or ?wait=false, for long work)"
+            )
         if payload.get("status") != "done":
             raise payload_problem(payload)
         return JSONResponse(result_body(payload, started))
 
-    @app.post("/v1/evaluate", dependencies=auth, tags=["evaluate"],
-              summary="Survey §7 metrics of methods on images (?wait=false: run as a job)")
+    @app.post(
+        "/v1/evaluate",
+        dependencies=auth,
+        tags=["evaluate"],
+        summary="Survey §7 metrics of methods on images (?wait=false: run as a job)",
+    )
     async def evaluate(request: Request, wait: bool = True):
         started = time.perf_counter()
         req = validated(EvaluateRequest, await json_object(request))
@@ -316,8 +358,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job_id = await gw.enqueue(req.model, req.model_dump(), sizes[0], kind="evaluate")
         return await finish(job_id, started, wait)
 
-    @app.post("/v1/compare", dependencies=auth, tags=["evaluate"],
-              summary="Map-vs-map metrics: two maps, or two methods on one image")
+    @app.post(
+        "/v1/compare",
+        dependencies=auth,
+        tags=["evaluate"],
+        summary="Map-vs-map metrics: two maps, or two methods on one image",
+    )
     async def compare(request: Request, wait: bool = True):
         started = time.perf_counter()
         req = validated(CompareRequest, await json_object(request))
@@ -328,8 +374,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job_id = await gw.enqueue(model, req.model_dump(), size, kind="compare")
         return await finish(job_id, started, wait)
 
-    @app.post("/v1/explain", dependencies=auth, tags=["explain"],
-              summary="Explain one image synchronously (JSON or multipart/form-data)")
+    @app.post(
+        "/v1/explain",
+        dependencies=auth,
+        tags=["explain"],
+        summary="Explain one image synchronously (JSON or multipart/form-data)",
+    )
     async def explain(request: Request):
         started = time.perf_counter()
         req = await parse_explain(request)
@@ -339,23 +389,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create_job(request: Request):
         req = await parse_explain(request)
         job_id = await submit(req)
-        return JSONResponse({"id": job_id, "status": "queued"}, status_code=202,
-                            headers={"Location": f"/v1/jobs/{job_id}"})
+        return JSONResponse(
+            {"id": job_id, "status": "queued"}, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"}
+        )
 
     async def job_state(job_id: str) -> dict:
         h = await gw.redis.hgetall(q.job_key(job_id))
         if not h:
             raise NotFound(f"no job {job_id!r} (unknown, or its result expired)")
-        state: dict[str, Any] = {"id": job_id, "status": h.get("status", "queued"),
-                                 "progress": float(h.get("progress", 0) or 0), "model": h.get("model")}
+        state: dict[str, Any] = {
+            "id": job_id,
+            "status": h.get("status", "queued"),
+            "progress": float(h.get("progress", 0) or 0),
+            "model": h.get("model"),
+        }
         if state["status"] in ("done", "failed", "cancelled"):
             raw = await gw.redis.get(q.result_key(job_id))
             if raw:
                 payload = json.loads(raw)
                 if payload.get("status") == "done":
                     body = payload["response"]
-                    body["timings"]["total_ms"] = round((float(h.get("finished", 0)) - float(h.get("created", 0)))
-                                                        * 1000, 3)
+                    body["timings"]["total_ms"] = round(
+                        (float(h.get("finished", 0)) - float(h.get("created", 0))) * 1000, 3
+                    )
                     state["result"] = body
                 else:
                     state["error"] = payload.get("problem")
@@ -388,11 +444,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         card = await gw.card(name)
         if card is not None:
             return {**card, "ready": await model_ready(name)}
-        return {"name": name, "architecture": entry.architecture, "description": entry.description,
-                "classes": gw.labels[name], "num_classes": entry.num_classes,
-                "input": {"size": list(entry.input.size), "mean": entry.input.mean, "std": entry.input.std,
-                          "channels": entry.input.channels},
-                "layers": None, "default_layer": entry.target_layer, "methods": None, "ready": False}
+        return {
+            "name": name,
+            "architecture": entry.architecture,
+            "description": entry.description,
+            "classes": gw.labels[name],
+            "num_classes": entry.num_classes,
+            "input": {
+                "size": list(entry.input.size),
+                "mean": entry.input.mean,
+                "std": entry.input.std,
+                "channels": entry.input.channels,
+            },
+            "layers": None,
+            "default_layer": entry.target_layer,
+            "methods": None,
+            "ready": False,
+        }
 
     @app.get("/v1/models", dependencies=auth, tags=["discovery"])
     async def list_models():
@@ -439,11 +507,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         known(name)
         e = gw.registry.get(name)
         h, w = e.input.size
-        return {"name": name, "versions": ["1"], "platform": "pytorch",
-                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "relevance", "datatype": "FP32", "shape": [-1, -1, -1]},
-                            {"name": "prediction", "datatype": "INT64", "shape": [-1]}],
-                "parameters": {"input_size": [h, w], "classes": gw.labels[name]}}
+        return {
+            "name": name,
+            "versions": ["1"],
+            "platform": "pytorch",
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "relevance", "datatype": "FP32", "shape": [-1, -1, -1]},
+                {"name": "prediction", "datatype": "INT64", "shape": [-1]},
+            ],
+            "parameters": {"input_size": [h, w], "classes": gw.labels[name]},
+        }
 
     @app.get("/v2/models/{name}/ready", dependencies=auth, tags=["health"])
     async def oip_ready(name: str):
@@ -476,10 +550,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if isinstance(data, dict):
                     data = data.get("b64")
             if not isinstance(data, str):
-                raise ValidationProblem("each instance is a base64 image or {'data'|'b64': <base64>}",
-                                        field=f"instances.{i}")
-            reqs.append(validated(ExplainRequest, {"methods": ["gradcam"], "outputs": ["array"], **params,
-                                                   "model": name, "image": data}, ("parameters",)))
+                raise ValidationProblem(
+                    "each instance is a base64 image or {'data'|'b64': <base64>}", field=f"instances.{i}"
+                )
+            reqs.append(
+                validated(
+                    ExplainRequest,
+                    {"methods": ["gradcam"], "outputs": ["array"], **params, "model": name, "image": data},
+                    ("parameters",),
+                )
+            )
         ids = [await submit(r) for r in reqs]
         payloads = await asyncio.gather(*(gw.wait(j, settings.request_timeout_s) for j in ids))
         preds, expls = [], []
@@ -492,8 +572,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             r = payload["response"]
             preds.append(r["prediction"])
             expls.append(r["explanations"])
-        return {"predictions": preds, "explanations": expls,
-                "timings": {"total_ms": round((time.perf_counter() - started) * 1000, 3)}}
+        return {
+            "predictions": preds,
+            "explanations": expls,
+            "timings": {"total_ms": round((time.perf_counter() - started) * 1000, 3)},
+        }
 
     @app.get("/metrics", tags=["health"])
     async def metrics():

@@ -1,4 +1,5 @@
 """The `whitebox` command: serve (all in one), gateway, worker, explain, models, bench."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,14 @@ def cmd_gateway(args) -> int:
     import uvicorn
 
     s = Settings.from_env()
-    uvicorn.run("service.app:create_app", factory=True, host=args.host or s.host, port=args.port or s.port,
-                log_level=os.environ.get("WHITEBOX_LOG_LEVEL", "info").lower(), access_log=False)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host or s.host,
+        port=args.port or s.port,
+        log_level=os.environ.get("WHITEBOX_LOG_LEVEL", "info").lower(),
+        access_log=False,
+    )
     return 0
 
 
@@ -89,12 +96,13 @@ def cmd_models(args) -> int:
 
 def cmd_explain(args) -> int:
     """One image from the shell, no server: writes one PNG per method (and prints the prediction)."""
+    import base64
+
     from schemas.api import ExplainRequest
     from schemas.images import decode_image
     from schemas.registry import load_registry
     from workers.loading import load_model
     from workers.pipeline import Item, run_batch
-    import base64
 
     s = Settings.from_env()
     reg = load_registry(s.models_path)
@@ -104,9 +112,15 @@ def cmd_explain(args) -> int:
         return 2
     data = Path(args.image).read_bytes()
     methods = [json.loads(m) if m.startswith("{") else m for m in args.methods]
-    req = ExplainRequest.model_validate({"model": args.model, "image": base64.b64encode(data).decode(),
-                                         "methods": methods, "target": int(args.target) if args.target.isdigit()
-                                         else args.target, "outputs": [args.output]})
+    req = ExplainRequest.model_validate(
+        {
+            "model": args.model,
+            "image": base64.b64encode(data).decode(),
+            "methods": methods,
+            "target": int(args.target) if args.target.isdigit() else args.target,
+            "outputs": [args.output],
+        }
+    )
     model = load_model(entry, reg)
     item = Item(request=req.model_dump(), image=decode_image(data, s.max_image_pixels))
     run_batch(model, [item])
@@ -154,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         return cmd_bench(None, argv[1:])
     args = ap.parse_args(argv)
-    return {"serve": cmd_serve, "gateway": cmd_gateway, "worker": cmd_worker, "models": cmd_models,
-            "explain": cmd_explain}[args.cmd](args)
+    return {
+        "serve": cmd_serve,
+        "gateway": cmd_gateway,
+        "worker": cmd_worker,
+        "models": cmd_models,
+        "explain": cmd_explain,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

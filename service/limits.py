@@ -1,5 +1,6 @@
 """Body-size limit as a pure ASGI middleware: refuses by Content-Length, and counts
 streamed bodies so a chunked upload cannot exceed the limit either."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,8 @@ class BodyLimit:
 
     async def _refuse(self, send, n: int):
         status, headers, body = problem_response_bytes(
-            PayloadTooLarge(f"request body of {n}+ bytes is over the limit of {self.max_bytes} bytes"))
+            PayloadTooLarge(f"request body of {n}+ bytes is over the limit of {self.max_bytes} bytes")
+        )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

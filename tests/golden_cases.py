@@ -8,6 +8,7 @@ Record anew (only in a commit that says why a map changed on purpose)::
 
     .venv/bin/python -m tests.golden_cases --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,28 +39,54 @@ for _m in ("shapes-cnn", "resnet18"):
     _add(_m, [{"name": "fem", "params": {"k": 2.0}}])
     _add(_m, [{"name": "saliency", "params": {"smoothgrad": {"samples": 4, "noise_level": 0.2, "seed": 3}}}])
     _add(_m, [{"name": "guided_backprop", "params": {"smoothgrad": {"samples": 3, "seed": 1}}}])
-    for _ig in ({}, {"baseline": "blur"}, {"baseline": "blur", "blur_sigma": 2.5}, {"baseline": "white"},
-                {"baseline": "uniform", "seed": 5}, {"integration": "gausslegendre", "steps": 16},
-                {"integration": "riemann_left", "steps": 12, "internal_batch_size": 5},
-                {"integration": "riemann_middle", "steps": 8}):
+    for _ig in (
+        {},
+        {"baseline": "blur"},
+        {"baseline": "blur", "blur_sigma": 2.5},
+        {"baseline": "white"},
+        {"baseline": "uniform", "seed": 5},
+        {"integration": "gausslegendre", "steps": 16},
+        {"integration": "riemann_left", "steps": 12, "internal_batch_size": 5},
+        {"integration": "riemann_middle", "steps": 8},
+    ):
         _add(_m, [{"name": "integrated_gradients", "params": _ig}])
     _add(_m, [{"name": "smoothgrad", "params": {"samples": 5, "seed": 2}}])
-    _add(_m, [{"name": "smoothgrad", "params": {"samples": 3, "base": "integrated_gradients",
-                                                "base_params": {"steps": 8}}}])
+    _add(
+        _m,
+        [{"name": "smoothgrad", "params": {"samples": 3, "base": "integrated_gradients", "base_params": {"steps": 8}}}],
+    )
     _add(_m, [{"name": "smoothgrad", "params": {"samples": 3, "base": "guided_gradcam"}}])
-    for _lrp in ({}, {"rule": "zero"}, {"rule": "gamma"}, {"rule": "gamma", "gamma": 1.0},
-                 {"rule": "alpha_beta", "alpha": 2.0, "beta": 1.0}, {"bias": False},
-                 {"composite": "epsilon_plus_flat"}, {"composite": "epsilon_gamma_box"},
-                 {"composite": "epsilon_alpha2_beta1"}):
+    for _lrp in (
+        {},
+        {"rule": "zero"},
+        {"rule": "gamma"},
+        {"rule": "gamma", "gamma": 1.0},
+        {"rule": "alpha_beta", "alpha": 2.0, "beta": 1.0},
+        {"bias": False},
+        {"composite": "epsilon_plus_flat"},
+        {"composite": "epsilon_gamma_box"},
+        {"composite": "epsilon_alpha2_beta1"},
+    ):
         _add(_m, [{"name": "lrp", "params": _lrp}])
     _add(_m, [{"name": "deep_taylor"}])
     _add(_m, [{"name": "deep_taylor", "params": {"input_rule": "wsquare"}}])
-    for _dl in ({}, {"rule": "reveal_cancel"}, {"baseline": "blur"}, {"baseline": "uniform", "seed": 4},
-                {"baseline": "white", "precision": "float32"}, {"rule": "reveal_cancel", "precision": "float32"}):
+    for _dl in (
+        {},
+        {"rule": "reveal_cancel"},
+        {"baseline": "blur"},
+        {"baseline": "uniform", "seed": 4},
+        {"baseline": "white", "precision": "float32"},
+        {"rule": "reveal_cancel", "precision": "float32"},
+    ):
         _add(_m, [{"name": "deeplift", "params": _dl}])
-    for _adv in ({}, {"attack": "pgd", "steps": 3}, {"attack": "pgd", "steps": 2, "random_start": True, "seed": 1},
-                 {"attack": "deepfool", "max_iter": 10}, {"attack": "fgsm", "loss": "cross_entropy"},
-                 {"attack": "one_pixel", "population": 8, "iterations": 2, "seed": 0}):
+    for _adv in (
+        {},
+        {"attack": "pgd", "steps": 3},
+        {"attack": "pgd", "steps": 2, "random_start": True, "seed": 1},
+        {"attack": "deepfool", "max_iter": 10},
+        {"attack": "fgsm", "loss": "cross_entropy"},
+        {"attack": "one_pixel", "population": 8, "iterations": 2, "seed": 0},
+    ):
         _add(_m, [{"name": "adversarial", "params": _adv}])
     for _occ in ({}, {"fill": "blur"}, {"fill": "mean", "window": 12, "stride": 6}, {"fill": "black"}):
         _add(_m, [{"name": "occlusion", "params": _occ}])
@@ -68,25 +95,58 @@ for _m in ("shapes-cnn", "resnet18"):
     _add(_m, [{"name": "meaningful_perturbation", "params": {"iterations": 8, "seed": 0}}])
     _add(_m, [{"name": "meaningful_perturbation", "params": {"variant": "extremal", "iterations": 6, "seed": 0}}])
     # one request, many methods: the fused pass next to attribute()
-    _add(_m, ["saliency", "gradcam", "guided_backprop", "guided_gradcam", "deconvnet", "fem",
-              *(["cam"] if _m == "resnet18" else []), {"name": "lrp", "params": {"rule": "epsilon"}}])
+    _add(
+        _m,
+        [
+            "saliency",
+            "gradcam",
+            "guided_backprop",
+            "guided_gradcam",
+            "deconvnet",
+            "fem",
+            *(["cam"] if _m == "resnet18" else []),
+            {"name": "lrp", "params": {"rule": "epsilon"}},
+        ],
+    )
     # the response as a client sees it by default, and the other renderings
     EXPLAIN_CASES.append((_m, ["gradcam", "integrated_gradients", "lrp"], {}))
-    EXPLAIN_CASES.append((_m, ["saliency", "deeplift"], {
-        "outputs": ["array", "heatmap_png", "overlay_png", "mask_png"], "normalize": "abs_max", "colormap": "hot",
-        "reduce": "sum", "top_k": 3, "target": 1}))
-    EXPLAIN_CASES.append((_m, ["guided_backprop"], {"outputs": ["array", "overlay_png"], "reduce": "none",
-                                                    "colormap": "viridis"}))
+    EXPLAIN_CASES.append(
+        (
+            _m,
+            ["saliency", "deeplift"],
+            {
+                "outputs": ["array", "heatmap_png", "overlay_png", "mask_png"],
+                "normalize": "abs_max",
+                "colormap": "hot",
+                "reduce": "sum",
+                "top_k": 3,
+                "target": 1,
+            },
+        )
+    )
+    EXPLAIN_CASES.append(
+        (_m, ["guided_backprop"], {"outputs": ["array", "overlay_png"], "reduce": "none", "colormap": "viridis"})
+    )
 _add("shapes-star", ["adversarial_generators"])
 _add("shapes-star", [{"name": "adversarial_generators", "params": {}}, "gradcam"], target="star")
 
 EVAL_CASES: list[tuple[str, dict]] = [
-    ("/v1/evaluate", {"model": "shapes-cnn", "methods": ["saliency", "gradcam",
-                                                        {"name": "smoothgrad", "params": {
-                                                            "samples": 3, "base": "integrated_gradients",
-                                                            "base_params": {"steps": 8}}}],
-                      "metrics": ["sparseness", "pointing_game", "relevance_mass_accuracy", "deletion_auc"],
-                      "ground_truth": {"box": [10, 10, 40, 40]}}),
+    (
+        "/v1/evaluate",
+        {
+            "model": "shapes-cnn",
+            "methods": [
+                "saliency",
+                "gradcam",
+                {
+                    "name": "smoothgrad",
+                    "params": {"samples": 3, "base": "integrated_gradients", "base_params": {"steps": 8}},
+                },
+            ],
+            "metrics": ["sparseness", "pointing_game", "relevance_mass_accuracy", "deletion_auc"],
+            "ground_truth": {"box": [10, 10, 40, 40]},
+        },
+    ),
     ("/v1/compare", {"model": "shapes-cnn", "methods": ["gradcam", "fem"]}),
 ]
 
@@ -127,9 +187,15 @@ def write_registry(tmp: Path) -> Path:
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None, num_classes=10)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "resnet18.safetensors"))
-    models.append({"name": "resnet18", "architecture": "torchvision.resnet18", "weights": "resnet18.safetensors",
-                   "num_classes": 10, "input": {"size": [64, 64], "mean": [0.485, 0.456, 0.406],
-                                                "std": [0.229, 0.224, 0.225]}})
+    models.append(
+        {
+            "name": "resnet18",
+            "architecture": "torchvision.resnet18",
+            "weights": "resnet18.safetensors",
+            "num_classes": 10,
+            "input": {"size": [64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        }
+    )
     path = tmp / "golden-registry.yaml"
     path.write_text(yaml.safe_dump({"models": models}))
     return path
@@ -168,11 +234,19 @@ def _arrays(body: Any) -> list[np.ndarray]:
 
 def record(status: int, body: Any) -> dict:
     arrays = _arrays(body)
-    return {"status": status,
-            "body_sha256": _sha(json.dumps(_strip(body), sort_keys=True).encode()),
-            "arrays": [{"sha256": _sha(np.ascontiguousarray(a).tobytes()), "shape": list(a.shape),
-                        "sum": float(a.astype(np.float64).sum()), "abs_max": float(np.abs(a).max()) if a.size else 0.0}
-                       for a in arrays]}
+    return {
+        "status": status,
+        "body_sha256": _sha(json.dumps(_strip(body), sort_keys=True).encode()),
+        "arrays": [
+            {
+                "sha256": _sha(np.ascontiguousarray(a).tobytes()),
+                "shape": list(a.shape),
+                "sum": float(a.astype(np.float64).sum()),
+                "abs_max": float(np.abs(a).max()) if a.size else 0.0,
+            }
+            for a in arrays
+        ],
+    }
 
 
 def run_all(url: str) -> dict[str, dict]:
@@ -184,7 +258,10 @@ def run_all(url: str) -> dict[str, dict]:
         for i, (model, methods, extra) in enumerate(EXPLAIN_CASES):
             req = {"model": model, "image": imgs[model], "methods": methods, **extra}
             r = c.post("/v1/explain", json=req)
-            out[case_id(i)] = {"request": {k: v for k, v in req.items() if k != "image"}, **record(r.status_code, r.json())}
+            out[case_id(i)] = {
+                "request": {k: v for k, v in req.items() if k != "image"},
+                **record(r.status_code, r.json()),
+            }
         for i, (route, req) in enumerate(EVAL_CASES):
             body = dict(req)
             if route == "/v1/evaluate":

@@ -1,4 +1,5 @@
 """Shared test helpers: seeded torchvision models wrapped as registry models, images."""
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,9 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 def seeded_torchvision(arch: str, size: int = 64, seed: int = 0, num_classes: int = 10) -> LoadedModel:
     torch.manual_seed(seed)
     net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
-    entry = ModelEntry(name=arch, architecture=f"torchvision.{arch}", num_classes=num_classes,
-                       input={"size": [size, size], **IMAGENET})
+    entry = ModelEntry(
+        name=arch, architecture=f"torchvision.{arch}", num_classes=num_classes, input={"size": [size, size], **IMAGENET}
+    )
     return load_model(entry, module=net)
 
 

@@ -1,5 +1,6 @@
 """Models for the structure-family tests (LRP, deep Taylor, DeepLIFT): seeded
 torchvision nets with non-trivial BatchNorm statistics, cached per test session."""
+
 from __future__ import annotations
 
 import functools
@@ -29,12 +30,13 @@ def perturb_batchnorm(net: nn.Module, seed: int) -> None:
 
 
 def wrap(net: nn.Module, name: str, size: int = 64, norm: dict | None = None) -> LoadedModel:
-    entry = ModelEntry(name=name, architecture=f"test.{name}", num_classes=10,
-                       input={"size": [size, size], **(norm or IMAGENET)})
+    entry = ModelEntry(
+        name=name, architecture=f"test.{name}", num_classes=10, input={"size": [size, size], **(norm or IMAGENET)}
+    )
     return load_model(entry, module=net)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(arch: str, size: int = 64, seed: int = 0) -> LoadedModel:
     """Seeded model by name (torchvision architectures or 'shapes' = the demo ShapesCNN)."""
     torch.manual_seed(seed)

@@ -2,6 +2,7 @@
 100 generated images (the images of `python -m workers.generators.measure deepfool`:
 generate(100, 4242)), also on the images whose softmax probability is exactly 1.0 in float32
 (DeepFool works on the logits and does not saturate). Figures in docs/perturbation.md."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,14 +27,18 @@ def test_deepfool_flips_demo_model():
     saturated = (torch.softmax(logits, 1).amax(1) == 1.0).numpy()
     metas = []
     for s in range(0, 100, 25):
-        metas += attribute(m, x[s:s + 25], t[s:s + 25], "adversarial", {"attack": "deepfool"}).meta
+        metas += attribute(m, x[s : s + 25], t[s : s + 25], "adversarial", {"attack": "deepfool"}).meta
     flipped = np.array([mt["flipped"] for mt in metas])
     rel = np.array([mt["relative_l2"] for mt in metas])
-    fig = {"flip_rate": flipped.mean(), "median_relative_l2": float(np.median(rel)),
-           "median_linf": float(np.median([mt["linf"] for mt in metas])),
-           "median_iterations": float(np.median([mt["iterations"] for mt in metas])),
-           "saturated": int(saturated.sum()), "flip_rate_saturated": flipped[saturated].mean(),
-           "median_relative_l2_saturated": float(np.median(rel[saturated]))}
+    fig = {
+        "flip_rate": flipped.mean(),
+        "median_relative_l2": float(np.median(rel)),
+        "median_linf": float(np.median([mt["linf"] for mt in metas])),
+        "median_iterations": float(np.median([mt["iterations"] for mt in metas])),
+        "saturated": int(saturated.sum()),
+        "flip_rate_saturated": flipped[saturated].mean(),
+        "median_relative_l2_saturated": float(np.median(rel[saturated])),
+    }
     print(fig)
     assert fig["flip_rate"] >= 0.95, fig
     assert 0 < fig["median_relative_l2"] < 0.1, fig

@@ -11,6 +11,7 @@ committed generators (workers/weights/generators-shapes-star.safetensors):
   `python -m workers.generators.measure generators`);
 - other classifier weights (hash mismatch) are refused.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,8 +88,15 @@ def test_metadata_and_map_match_independent_run(model):
 
 def test_generators_refused_for_other_weights(model):
     torch.manual_seed(0)  # same name and architecture, other weights: the hash check refuses
-    other = load_model(ModelEntry(name=model.name, architecture="workers.generators.model:binary_cnn", num_classes=2,
-                                  input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}), module=binary_cnn(2))
+    other = load_model(
+        ModelEntry(
+            name=model.name,
+            architecture="workers.generators.model:binary_cnn",
+            num_classes=2,
+            input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
+        module=binary_cnn(2),
+    )
     reason = applicability(other)["adversarial_generators"]
     assert reason and "hash" in reason
     assert applicability(model)["adversarial_generators"] is None

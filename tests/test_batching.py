@@ -1,6 +1,7 @@
 """Dynamic batching (issue 7): the worker reads at most max_batch_size jobs and waits at most
 max_queue_delay to fill a batch; a batch of jobs gives the same maps as each job alone,
 on the fused path too."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,14 @@ def test_fused_batch_equals_each_job_alone():
     """VGG (in-place ReLUs) with jobs of different targets, method sets and image sizes in one batch."""
     m = seeded_torchvision("vgg11", size=64, seed=7)
     reqs = [_request(methods=SIX, outputs=["array"], normalize="none", target=t) for t in (3, "predicted")]
-    reqs.append(_request(methods=["fem", "saliency", {"name": "gradcam", "params": {"layer": "features.10"}}],
-                         outputs=["array"], normalize="none", target=8))
+    reqs.append(
+        _request(
+            methods=["fem", "saliency", {"name": "gradcam", "params": {"layer": "features.10"}}],
+            outputs=["array"],
+            normalize="none",
+            target=8,
+        )
+    )
     reqs.append(_request(methods=["guided_gradcam", "deconvnet"], outputs=["array"], normalize="none", target=1))
     imgs = [Image.fromarray(random_image(64 + 16 * i, 64, seed=10 + i)) for i in range(len(reqs))]
     batch = [Item(request=r, image=i) for r, i in zip(reqs, imgs)]

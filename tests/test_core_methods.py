@@ -1,4 +1,5 @@
 """saliency, Grad-CAM and FEM against Captum and the FEM formula (issue 2)."""
+
 from __future__ import annotations
 
 import numpy as np

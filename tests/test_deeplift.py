@@ -3,6 +3,7 @@ against an explicit matrix formula and against Captum's DeepLift (where Captum i
 satisfies summation-to-delta), and summation-to-delta (Eq. 19) on every supported model.
 
 Measure: ``pytest tests/test_deeplift.py -s`` prints one line per model."""
+
 from __future__ import annotations
 
 import warnings
@@ -87,9 +88,11 @@ def test_rescale_matches_explicit_formula():
 
 def _pool_net(kernel, stride) -> nn.Module:
     """max-pool -> sum of the window maxima (a fixed linear read-out)."""
+
     class Net(nn.Module):
         def forward(self, x):
             return F.max_pool2d(x, kernel, stride).flatten(1).sum(1, keepdim=True)
+
     return Net().eval()
 
 
@@ -113,8 +116,16 @@ def test_max_pool_rule_by_hand(rule):
     assert meta[0]["delta"] == pytest.approx(10.0)
 
 
-SUPPORTED = [("alexnet", 64), ("vgg11", 32), ("vgg16", 32), ("vgg16_bn", 32), ("resnet18", 64), ("resnet34", 32),
-             ("resnet50", 32), ("shapes", 64)]
+SUPPORTED = [
+    ("alexnet", 64),
+    ("vgg11", 32),
+    ("vgg16", 32),
+    ("vgg16_bn", 32),
+    ("resnet18", 64),
+    ("resnet34", 32),
+    ("resnet50", 32),
+    ("shapes", 64),
+]
 
 
 @pytest.mark.parametrize("arch,size", SUPPORTED, ids=[a for a, _ in SUPPORTED])
@@ -132,8 +143,10 @@ def test_summation_to_delta_on_supported_models(arch, size):
             assert abs(delta) > 1e-6  # the check is not vacuous
             assert meta["attribution_sum"] == pytest.approx(float(row.sum()), rel=1e-5, abs=1e-7)
             errs.setdefault(rule, []).append(abs(float(row.sum()) - delta) / abs(delta))
-    print(f"\n[deeplift] {arch:9s} summation-to-delta relative error: rescale max {max(errs['rescale']):.1e}, "
-          f"reveal_cancel max {max(errs['reveal_cancel']):.1e}")
+    print(
+        f"\n[deeplift] {arch:9s} summation-to-delta relative error: rescale max {max(errs['rescale']):.1e}, "
+        f"reveal_cancel max {max(errs['reveal_cancel']):.1e}"
+    )
     assert max(errs["rescale"]) <= SUMMATION_TOL
     assert max(errs["reveal_cancel"]) <= SUMMATION_TOL
 
@@ -160,8 +173,10 @@ def test_rescale_matches_captum_where_captum_is_right(arch, size):
     captum_err = abs(float(ref.sum()) - delta) / abs(delta)
     ours, meta = deeplift(m.module, x, x0, t, "rescale")
     d = max_rel_diff(ours, ref)
-    print(f"\n[captum] {arch:8s} max rel diff {d:.1e}; summation error ours "
-          f"{meta[0]['summation_to_delta_relative_error']:.1e}, captum {captum_err:.1e}")
+    print(
+        f"\n[captum] {arch:8s} max rel diff {d:.1e}; summation error ours "
+        f"{meta[0]['summation_to_delta_relative_error']:.1e}, captum {captum_err:.1e}"
+    )
     assert meta[0]["summation_to_delta_relative_error"] <= SUMMATION_TOL
     if captum_err > SUMMATION_TOL:
         pytest.skip(f"Captum's DeepLift breaks summation-to-delta by {captum_err:.1%} on {arch}: not a reference")
@@ -246,13 +261,23 @@ def test_baselines():
 
 
 def test_deeplift_through_attribute_reports_meta():
-    m = wrap(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 10)),
-             "tiny", size=8, norm={"mean": [0.5], "std": [0.5]})
+    m = wrap(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 10)),
+        "tiny",
+        size=8,
+        norm={"mean": [0.5], "std": [0.5]},
+    )
     x = image_batch(m, 1)
     a = attribute(m, x, 2, "deeplift", {"rule": "reveal_cancel", "baseline": "white"})
     assert a.maps.shape == (1, 1, 8, 8)
-    keys = {"score", "reference_score", "delta", "attribution_sum", "summation_to_delta_error",
-            "summation_to_delta_relative_error"}
+    keys = {
+        "score",
+        "reference_score",
+        "delta",
+        "attribution_sum",
+        "summation_to_delta_error",
+        "summation_to_delta_relative_error",
+    }
     assert keys <= set(a.meta[0])
     assert abs(a.meta[0]["summation_to_delta_error"]) < 1e-5
 

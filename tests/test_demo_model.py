@@ -11,6 +11,7 @@
 
 Run ``pytest -s tests/test_demo_model.py`` to see the figures.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -131,9 +132,11 @@ def pointing(model):
         r = a.abs().amax(1) if name == "saliency" else a[:, 0]  # saliency: max over channels of |grad|
         figures[name] = float(pointing_hits(r.numpy(), masks, TOLERANCE_PX).mean())
         figures[name + "_strict"] = float(pointing_hits(r.numpy(), masks, 0.0).mean())
-    print(f"\npointing game on {n} images (seed {POINTING_SEED}), target = true label, "
-          f"hit = argmax within {TOLERANCE_PX:g} px of the mask (strict: inside it); "
-          f"chance {chance:.3f}")
+    print(
+        f"\npointing game on {n} images (seed {POINTING_SEED}), target = true label, "
+        f"hit = argmax within {TOLERANCE_PX:g} px of the mask (strict: inside it); "
+        f"chance {chance:.3f}"
+    )
     for name in ("gradcam", "fem", "saliency"):
         print(f"  {name:9s} {figures[name]:.3f}   strict {figures[name + '_strict']:.3f}")
     figures["chance"] = chance

@@ -1,7 +1,6 @@
 """docker-compose.yml and k8s/ are validated offline (no Docker engine here)."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import yaml
 

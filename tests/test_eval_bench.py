@@ -1,5 +1,6 @@
 """The benchmark command end to end on the committed Clever-Hans model (small), and the Clever-Hans
 model's defining behaviour: accurate with its watermark, at chance without it."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import torch
 from schemas.registry import load_registry
 from workers.evaluation import bench, clever_hans
 from workers.loading import load_model
-
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_clever_hans_accuracy_collapses(ch_model):
 def test_clever_hans_data_masks():
     x, y, obj, wm = clever_hans.data(3, 5, "watermark")
     y0, x0, y1, x1 = clever_hans.watermark_box()
-    assert wm[:, y0:y1, x0:x1].all() and wm.sum() == 3 * clever_hans.WM ** 2
+    assert wm[:, y0:y1, x0:x1].all() and wm.sum() == 3 * clever_hans.WM**2
     assert not (obj & wm).any()
     np.testing.assert_array_equal(x[0, y0, x0], clever_hans.PALETTE[y[0]])
     _, _, _, wm_r = clever_hans.data(3, 5, "removed")
@@ -48,14 +48,36 @@ def test_default_methods_are_the_applicable_implementations(ch_model):
 
 def test_bench_writes_report(tmp_path):
     out = tmp_path / "rep"
-    rc = bench.main(["--model", "clever-hans-cnn", "--images", "clever-hans", "--n", "2", "--methods",
-                     "gradcam", "saliency", "--metrics", "pointing_game,relevance_mass_accuracy,time_ms,"
-                     "model_randomisation", "--metric-params", '{"model_randomisation": {"layers": 2}}',
-                     "--out", str(out)])
+    rc = bench.main(
+        [
+            "--model",
+            "clever-hans-cnn",
+            "--images",
+            "clever-hans",
+            "--n",
+            "2",
+            "--methods",
+            "gradcam",
+            "saliency",
+            "--metrics",
+            "pointing_game,relevance_mass_accuracy,time_ms,model_randomisation",
+            "--metric-params",
+            '{"model_randomisation": {"layers": 2}}',
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = (out / "report.md").read_text()
-    for s in ("| gradcam |", "| saliency |", "mass_watermark", "mass_object", "time_ms", "± ",
-              "accuracy with the watermark removed"):
+    for s in (
+        "| gradcam |",
+        "| saliency |",
+        "mass_watermark",
+        "mass_object",
+        "time_ms",
+        "± ",
+        "accuracy with the watermark removed",
+    ):
         assert s in report, s
     res = json.loads((out / "results.json").read_text())
     assert len(res["per_image"]["gradcam"]["pointing_game"]) == 2

@@ -1,5 +1,6 @@
 """Model-based metrics on a linear model where the expected numbers follow by hand, and the
 evaluate()/compare() API with the metric catalog of schemas/metrics.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,16 @@ from pydantic import ValidationError
 
 from schemas.metrics import METRICS, GroundTruth, MetricCall, check_metrics
 from schemas.registry import ModelEntry
-from workers.evaluation import IMPLEMENTED_METRICS, compare, compare_methods, evaluate, ground_truth_mask
-from workers.evaluation import faithfulness, robustness, sanity
+from workers.evaluation import (
+    IMPLEMENTED_METRICS,
+    compare,
+    compare_methods,
+    evaluate,
+    faithfulness,
+    ground_truth_mask,
+    robustness,
+    sanity,
+)
 from workers.evaluation.common import map_fn
 from workers.loading import load_model
 from workers.models.shapes_cnn import ShapesCNN
@@ -23,8 +32,12 @@ def linear_model(w, size=(2, 2)):
     with torch.no_grad():
         net[1].weight.zero_()
         net[1].weight[0] = torch.as_tensor(w, dtype=torch.float32).reshape(-1)
-    entry = ModelEntry(name="lin", architecture="whitebox.shapes_cnn", num_classes=2,
-                       input={"size": list(size), "mean": [0.0], "std": [1.0]})
+    entry = ModelEntry(
+        name="lin",
+        architecture="whitebox.shapes_cnn",
+        num_classes=2,
+        input={"size": list(size), "mean": [0.0], "std": [1.0]},
+    )
     return load_model(entry, module=net)
 
 
@@ -34,12 +47,14 @@ def test_deletion_insertion_hand():
     # insertion (from 0): 0, 4, 7, 9, 10 -> (0 + 4 + 7 + 9 + 10/2) / 4 = 6.25
     m = linear_model([1, 1, 1, 1])
     x = torch.tensor([[[[4.0, 3.0], [2.0, 1.0]]]])
-    d, curve = faithfulness.deletion_insertion(m, x, 0, x[0, 0], mode="deletion", fill="constant", value=0.0,
-                                               steps=4, score="logit", batch_size=2)
+    d, curve = faithfulness.deletion_insertion(
+        m, x, 0, x[0, 0], mode="deletion", fill="constant", value=0.0, steps=4, score="logit", batch_size=2
+    )
     np.testing.assert_allclose(curve, [10, 6, 3, 1, 0], atol=1e-6)
     assert d == pytest.approx(3.75, abs=1e-6)
-    i, curve = faithfulness.deletion_insertion(m, x, 0, x[0, 0], mode="insertion", fill="constant", value=0.0,
-                                               steps=4, score="logit")
+    i, curve = faithfulness.deletion_insertion(
+        m, x, 0, x[0, 0], mode="insertion", fill="constant", value=0.0, steps=4, score="logit"
+    )
     np.testing.assert_allclose(curve, [0, 4, 7, 9, 10], atol=1e-6)
     assert i == pytest.approx(6.25, abs=1e-6)
 
@@ -94,8 +109,12 @@ def test_max_sensitivity_linear_saliency_is_zero():
 
 def _shapes_model():
     torch.manual_seed(0)
-    entry = ModelEntry(name="s", architecture="whitebox.shapes_cnn", num_classes=10,
-                       input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3})
+    entry = ModelEntry(
+        name="s",
+        architecture="whitebox.shapes_cnn",
+        num_classes=10,
+        input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     return load_model(entry, module=ShapesCNN(width=8))
 
 
@@ -151,9 +170,20 @@ def test_evaluate_and_compare_api():
     x = torch.randn(2, 3, 64, 64, generator=g)
     gt = np.zeros((64, 64), bool)
     gt[16:48, 16:48] = True
-    res = evaluate(m, x, None, ["gradcam", {"name": "fem", "params": {"k": 0.5}}],
-                   ["pointing_game", "sparseness", {"name": "deletion_auc", "params": {"steps": 8}},
-                    {"name": "robustness_fgsm"}, "time_ms"], gt_mask=gt)
+    res = evaluate(
+        m,
+        x,
+        None,
+        ["gradcam", {"name": "fem", "params": {"k": 0.5}}],
+        [
+            "pointing_game",
+            "sparseness",
+            {"name": "deletion_auc", "params": {"steps": 8}},
+            {"name": "robustness_fgsm"},
+            "time_ms",
+        ],
+        gt_mask=gt,
+    )
     assert set(res) == {"gradcam", "fem"}
     assert set(res["fem"]) == {"pointing_game", "sparseness", "deletion_auc", "robustness_fgsm", "time_ms"}
     assert set(res["fem"]["robustness_fgsm"]) == {"dice", "cc", "prediction_changed"}

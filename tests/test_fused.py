@@ -1,6 +1,7 @@
 """Fused multi-method passes (issue 7): one forward, one backward per rule, and the same
 maps as each method alone (the single-method implementations are tested against Captum
 and by hand in their own test files); FEM and CAM stop the forward at their layer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,11 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def models():
-    return {"demo": demo_model(), "resnet18": seeded_torchvision("resnet18", size=64, seed=3),
-            "vgg11": seeded_torchvision("vgg11", size=64, seed=4)}
+    return {
+        "demo": demo_model(),
+        "resnet18": seeded_torchvision("resnet18", size=64, seed=3),
+        "vgg11": seeded_torchvision("vgg11", size=64, seed=4),
+    }
 
 
 def _inputs(m, n=2, seed=0):
@@ -37,8 +41,11 @@ def test_fused_equals_single_methods(models, name):
     m = models[name]
     x, t = _inputs(m)
     layers = list(m.layers)
-    calls = [(n, None) for n in SIX] + [("fem", {"k": 0.5}), ("gradcam", {"layer": layers[len(layers) // 2]}),
-                                        ("guided_gradcam", {"layer": layers[len(layers) // 2]})]
+    calls = [(n, None) for n in SIX] + [
+        ("fem", {"k": 0.5}),
+        ("gradcam", {"layer": layers[len(layers) // 2]}),
+        ("guided_gradcam", {"layer": layers[len(layers) // 2]}),
+    ]
     if name == "resnet18":
         calls.append(("cam", None))  # the only one of the three with a GAP -> linear head
     logits, atts = fused_attribute(m, x, t, calls)
@@ -143,9 +150,17 @@ def test_pipeline_fused_equals_unfused(models):
     reqs = [
         _request(methods=SIX, outputs=["array"], normalize="none", target=2),
         _request(methods=SIX, outputs=["array"], normalize="none"),
-        _request(methods=["cam", "fem", {"name": "integrated_gradients", "params": {"steps": 4}},
-                          {"name": "saliency", "params": {"smoothgrad": {"samples": 2}}}],
-                 outputs=["array"], normalize="none", target=5),
+        _request(
+            methods=[
+                "cam",
+                "fem",
+                {"name": "integrated_gradients", "params": {"steps": 4}},
+                {"name": "saliency", "params": {"smoothgrad": {"samples": 2}}},
+            ],
+            outputs=["array"],
+            normalize="none",
+            target=5,
+        ),
         _request(methods=["saliency"], outputs=["array"], target=99),
     ]
     fused = [Item(request=r, image=i) for r, i in zip(reqs, imgs)]

@@ -1,6 +1,7 @@
 """Proof of no change: every golden case (tests/golden_cases.py) answers bit-identically to the
 recording in tests/golden/maps.json: the same float32 arrays and the same JSON body (PNGs,
 predictions, metadata), timings and ids aside."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def test_maps_and_bodies_bit_identical(answers):
         if got is None:
             continue
         if got["status"] != want["status"] or got["body_sha256"] != want["body_sha256"]:
-            arrays = [(g["sha256"] == w["sha256"], g["sum"] - w["sum"], g["abs_max"], w["abs_max"])
-                      for g, w in zip(got["arrays"], want["arrays"])]
+            arrays = [
+                (g["sha256"] == w["sha256"], g["sum"] - w["sum"], g["abs_max"], w["abs_max"])
+                for g, w in zip(got["arrays"], want["arrays"])
+            ]
             changed.append((key, want["request"], got["status"], want["status"], arrays))
     assert not changed, "\n".join(map(str, changed))
     assert any(np.isfinite(a["sum"]) for v in recorded.values() for a in v["arrays"])

@@ -5,6 +5,7 @@ Captum's riemann_trapezoid is not compared: it puts n nodes on n-1 intervals wit
 step sizes that sum to (n-1)/n (checked below), so it misses completeness by about
 -1/n of S_c(x) - S_c(x') even on a straight path; ours is the textbook rule, checked
 against the completeness axiom instead."""
+
 from __future__ import annotations
 
 import base64
@@ -21,9 +22,8 @@ from scipy.ndimage import gaussian_filter
 
 from tests.test_lin_refs import batch, double, get_model, max_rel_diff, record
 from workers.errors import Cancelled, MethodError
-from workers.explain import attribute
+from workers.explain import attribute, integrated
 from workers.explain.base import Progress
-from workers.explain import integrated
 from workers.explain.integrated import quadrature
 
 TOL = 1e-4
@@ -41,21 +41,22 @@ def black(m, x):
 
 # ---- quadrature ---------------------------------------------------------------------------------
 
+
 def test_quadrature_nodes_and_weights():
     a, w = quadrature(4, "riemann_trapezoid")
-    assert np.allclose(a, [0, .25, .5, .75, 1]) and np.allclose(w, [.125, .25, .25, .25, .125])
+    assert np.allclose(a, [0, 0.25, 0.5, 0.75, 1]) and np.allclose(w, [0.125, 0.25, 0.25, 0.25, 0.125])
     a, w = quadrature(4, "riemann_left")
-    assert np.allclose(a, [0, .25, .5, .75]) and np.allclose(w, .25)
+    assert np.allclose(a, [0, 0.25, 0.5, 0.75]) and np.allclose(w, 0.25)
     a, w = quadrature(4, "riemann_right")
-    assert np.allclose(a, [.25, .5, .75, 1])
+    assert np.allclose(a, [0.25, 0.5, 0.75, 1])
     a, w = quadrature(4, "riemann_middle")
-    assert np.allclose(a, [.125, .375, .625, .875])
+    assert np.allclose(a, [0.125, 0.375, 0.625, 0.875])
     for rule in ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"):
         for n in (1, 2, 7, 50):
             assert math.isclose(quadrature(n, rule)[1].sum(), 1.0, rel_tol=1e-12)
     # Gauss-Legendre with n nodes integrates polynomials of degree 2n-1 exactly: int_0^1 a^5 = 1/6
     a, w = quadrature(3, "gausslegendre")
-    assert math.isclose(float((w * a ** 5).sum()), 1 / 6, rel_tol=1e-12)
+    assert math.isclose(float((w * a**5).sum()), 1 / 6, rel_tol=1e-12)
     # the trapezoid rule integrates a linear function exactly with 1 interval
     a, w = quadrature(1, "riemann_trapezoid")
     assert math.isclose(float((w * (3 * a + 1)).sum()), 2.5)
@@ -71,10 +72,11 @@ def test_captum_trapezoid_weights_are_defective():
 
 # ---- against Captum -------------------------------------------------------------------------------
 
-CASES = [("demo", r) for r in ("riemann_left", "riemann_right", "riemann_middle", "gausslegendre")] + \
-        [("resnet18", r) for r in ("riemann_middle", "gausslegendre")] + \
-        [("alexnet", "riemann_left"), ("vgg11", "riemann_middle"),
-         ("resnet50", "riemann_right")]
+CASES = (
+    [("demo", r) for r in ("riemann_left", "riemann_right", "riemann_middle", "gausslegendre")]
+    + [("resnet18", r) for r in ("riemann_middle", "gausslegendre")]
+    + [("alexnet", "riemann_left"), ("vgg11", "riemann_middle"), ("resnet50", "riemann_right")]
+)
 
 
 @pytest.mark.parametrize("model_name,rule", CASES)
@@ -126,8 +128,9 @@ def _baseline_ref(m, x, name):
     return torch.from_numpy(np.asarray(b, dtype=np.float32))
 
 
-@pytest.mark.parametrize("model_name,baseline", [("resnet18", b) for b in ("white", "blur", "uniform", "image")]
-                         + [("demo", "image")])
+@pytest.mark.parametrize(
+    "model_name,baseline", [("resnet18", b) for b in ("white", "blur", "uniform", "image")] + [("demo", "image")]
+)
 def test_baselines_match_captum(model_name, baseline, monkeypatch):
     alphas_c = approximation_parameters("riemann_middle")[1]
     monkeypatch.setattr(integrated, "quadrature", lambda n, r: (np.asarray(alphas_c(n)), quadrature(n, r)[1]))
@@ -155,11 +158,18 @@ def test_baselines_match_captum(model_name, baseline, monkeypatch):
 def test_bad_baseline_image_is_a_422():
     m = get_model("demo")
     with pytest.raises(MethodError) as e:
-        attribute(m, batch(m), 0, "integrated_gradients", {"baseline": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 40).decode()})
+        attribute(
+            m,
+            batch(m),
+            0,
+            "integrated_gradients",
+            {"baseline": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 40).decode()},
+        )
     assert e.value.status == 422 and "baseline" in e.value.detail
 
 
 # ---- axioms and metadata ----------------------------------------------------------------------
+
 
 def test_completeness_64_trapezoid_steps_resnet18():
     """Target: per sample, the class with the largest |S_c(x) - S_c(x')|. On seeded random
@@ -175,8 +185,12 @@ def test_completeness_64_trapezoid_steps_resnet18():
     total = a.maps.double().flatten(1).sum(1)
     err = total - diff
     for i in range(2):
-        record("integrated_gradients", "resnet18", "completeness: abs(error) / abs(S(x) - S(x')), 64 trapezoid steps",
-               float(abs(err[i]) / abs(diff[i])))
+        record(
+            "integrated_gradients",
+            "resnet18",
+            "completeness: abs(error) / abs(S(x) - S(x')), 64 trapezoid steps",
+            float(abs(err[i]) / abs(diff[i])),
+        )
         assert abs(err[i]) <= 0.01 * abs(diff[i])
         # the metadata reports exactly this error
         assert math.isclose(a.meta[i]["completeness_error"], float(err[i]), rel_tol=1e-3, abs_tol=1e-5)
@@ -207,10 +221,18 @@ def test_completeness_demo_model_on_shapes():
         diff = target_score(m, x, t) - target_score(m, black(m, x), t)
         rel[steps] = ((a.maps.double().flatten(1).sum(1) - diff).abs() / diff.abs()).numpy()
         assert np.allclose([abs(mm["relative_error"]) for mm in a.meta], rel[steps], rtol=1e-3, atol=1e-6)
-    record("integrated_gradients", "demo", "completeness: mean abs(error) / abs(S(x) - S(x')), 64 trapezoid steps",
-           float(rel[64].mean()))
-    record("integrated_gradients", "demo", "completeness: max abs(error) / abs(S(x) - S(x')), 256 trapezoid steps",
-           float(rel[256].max()))
+    record(
+        "integrated_gradients",
+        "demo",
+        "completeness: mean abs(error) / abs(S(x) - S(x')), 64 trapezoid steps",
+        float(rel[64].mean()),
+    )
+    record(
+        "integrated_gradients",
+        "demo",
+        "completeness: max abs(error) / abs(S(x) - S(x')), 256 trapezoid steps",
+        float(rel[256].max()),
+    )
     assert rel[64].mean() <= 0.01
     assert rel[256].max() <= 0.01
 
@@ -218,19 +240,24 @@ def test_completeness_demo_model_on_shapes():
 def test_trapezoid_converges_faster_than_left():
     m = get_model("demo")
     x = batch(m, n=1)
-    errs = {r: abs(attribute(m, x, 2, "integrated_gradients", {"steps": 16, "integration": r}).meta[0]["relative_error"])
-            for r in ("riemann_left", "riemann_trapezoid")}
+    errs = {
+        r: abs(attribute(m, x, 2, "integrated_gradients", {"steps": 16, "integration": r}).meta[0]["relative_error"])
+        for r in ("riemann_left", "riemann_trapezoid")
+    }
     assert errs["riemann_trapezoid"] < errs["riemann_left"]
 
 
 # ---- chunking, determinism, progress --------------------------------------------------------------
 
+
 def test_internal_batch_size_does_not_change_the_map():
     m = double(get_model("demo"))
     x = batch(m, n=3)
     t = torch.tensor([0, 1, 2])
-    maps = [attribute(m, x.double(), t, "integrated_gradients", {"steps": 7, "internal_batch_size": b}).maps
-            for b in (1, 4, 64)]
+    maps = [
+        attribute(m, x.double(), t, "integrated_gradients", {"steps": 7, "internal_batch_size": b}).maps
+        for b in (1, 4, 64)
+    ]
     for other in maps[1:]:
         assert max_rel_diff(other, maps[0]) <= 1e-10
 
@@ -252,8 +279,9 @@ def test_progress_is_reported_per_chunk_and_cancel_stops():
     m = get_model("demo")
     x = batch(m, n=2)
     seen = []
-    attribute(m, x, 0, "integrated_gradients", {"steps": 9, "internal_batch_size": 4},
-              progress=Progress(report=seen.append))
+    attribute(
+        m, x, 0, "integrated_gradients", {"steps": 9, "internal_batch_size": 4}, progress=Progress(report=seen.append)
+    )
     assert len(seen) == math.ceil(2 * 10 / 4)  # trapezoid: 10 nodes x 2 samples, 4 per pass
     assert seen == sorted(seen) and seen[-1] == 1.0 and seen[0] > 0
     calls = []
@@ -263,6 +291,12 @@ def test_progress_is_reported_per_chunk_and_cancel_stops():
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        attribute(m, x, 0, "integrated_gradients", {"steps": 50, "internal_batch_size": 4},
-                  progress=Progress(cancelled=cancelled))
+        attribute(
+            m,
+            x,
+            0,
+            "integrated_gradients",
+            {"steps": 50, "internal_batch_size": 4},
+            progress=Progress(cancelled=cancelled),
+        )
     assert len(calls) == 3

@@ -7,6 +7,7 @@ ResNet blocks, an in-place module as in VGG, a functional F.relu as in DenseNet)
 is its own fresh, non-in-place nn.ReLU module. On that net Captum's module hooks
 see each call exactly once, so Captum's GuidedBackprop / Deconvolution are right
 there whatever the original net does."""
+
 from __future__ import annotations
 
 import copy
@@ -32,7 +33,7 @@ def _entry(name: str, arch: str, size: int, **input_kw) -> ModelEntry:
     return ModelEntry(name=name, architecture=arch, num_classes=10, input={"size": [size, size], **input_kw})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_model(name: str, size: int = 64) -> LoadedModel:
     """Seeded torchvision nets (weights=None, torch.manual_seed(0)) at size x size, or the demo
     model (its trained weights when workers/weights has them, else seeded ShapesCNN weights)."""
@@ -45,8 +46,9 @@ def get_model(name: str, size: int = 64) -> LoadedModel:
         return load_model(entry.model_copy(update={"weights": None, "labels_file": None}), module=ShapesCNN(10))
     torch.manual_seed(0)
     if name == "densenet_small":  # torchvision's DenseNet code (F.relu in forward), few layers
-        net = torchvision.models.densenet.DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16,
-                                                   bn_size=2, num_classes=10)
+        net = torchvision.models.densenet.DenseNet(
+            growth_rate=8, block_config=(2, 2, 2), num_init_features=16, bn_size=2, num_classes=10
+        )
         return load_model(_entry(name, "torchvision.densenet", size, **IMAGENET), module=net)
     net = getattr(torchvision.models, name)(weights=None, num_classes=10)
     return load_model(_entry(name, f"torchvision.{name}", size, **IMAGENET), module=net)
@@ -106,15 +108,15 @@ def one_relu_per_call(net: nn.Module) -> tuple[fx.GraphModule, int]:
     return gm, k
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_net(name: str) -> fx.GraphModule:
     return one_relu_per_call(get_model(name).module)[0]
 
 
 # ---- tests of the references -----------------------------------------------------------------
 
-@pytest.mark.parametrize("name,calls", [("alexnet", 7), ("vgg11", 10), ("resnet18", 17), ("resnet50", 49),
-                                        ("demo", 5)])
+
+@pytest.mark.parametrize("name,calls", [("alexnet", 7), ("vgg11", 10), ("resnet18", 17), ("resnet50", 49), ("demo", 5)])
 def test_rewrite_has_one_fresh_relu_per_call_and_same_logits(name, calls):
     m = get_model(name)
     gm, k = one_relu_per_call(m.module)
@@ -126,8 +128,10 @@ def test_rewrite_has_one_fresh_relu_per_call_and_same_logits(name, calls):
         assert torch.equal(gm(x), m.module(x))
     # every ReLU module of the rewrite is called exactly once per forward
     counts = {}
-    hs = [r.register_forward_hook(lambda mod, i, o: counts.__setitem__(id(mod), counts.get(id(mod), 0) + 1))
-          for r in relus]
+    hs = [
+        r.register_forward_hook(lambda mod, i, o: counts.__setitem__(id(mod), counts.get(id(mod), 0) + 1))
+        for r in relus
+    ]
     with torch.no_grad():
         gm(x)
     for h in hs:
@@ -151,6 +155,7 @@ def test_rewrite_catches_functional_relus():
 
 
 # ---- the comparison table of docs/linearization.md ---------------------------------------------
+
 
 def record(method: str, model: str, reference: str, diff: float) -> None:
     """Append one measured difference to $WHITEBOX_LIN_TABLE (JSON lines) when it is set."""

@@ -5,6 +5,7 @@ The noise the service draws is part of its contract: per sample i, a torch.Gener
 seeded with `seed`, one standard-normal (C, H, W) draw per noisy copy in order, times
 sigma_i = noise_level * (max(x_i) - min(x_i)) over the whole normalised input. The
 tests build that noise themselves and hand it to NoiseTunnel."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,12 +37,18 @@ def noise_tunnel(monkeypatch, attr_method, x, t, samples, noise_level, seed, **k
         return inp.repeat_interleave(nt_samples_partition, dim=0) + noise.to(inp.dtype)
 
     monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input", staticmethod(add_noise))
-    return NoiseTunnel(attr_method).attribute(x, nt_type="smoothgrad", nt_samples=samples, stdevs=1.0,
-                                              target=t, **kw)
+    return NoiseTunnel(attr_method).attribute(x, nt_type="smoothgrad", nt_samples=samples, stdevs=1.0, target=t, **kw)
 
 
-CASES = [("demo", "saliency"), ("resnet18", "saliency"), ("alexnet", "saliency"), ("demo", "guided_backprop"),
-         ("resnet18", "guided_backprop"), ("alexnet", "deconvnet"), ("vgg11", "guided_backprop")]
+CASES = [
+    ("demo", "saliency"),
+    ("resnet18", "saliency"),
+    ("alexnet", "saliency"),
+    ("demo", "guided_backprop"),
+    ("resnet18", "guided_backprop"),
+    ("alexnet", "deconvnet"),
+    ("vgg11", "guided_backprop"),
+]
 
 
 @pytest.mark.parametrize("model_name,base", CASES)
@@ -49,8 +56,9 @@ def test_matches_noise_tunnel(monkeypatch, model_name, base):
     m = get_model(model_name)
     x = batch(m)
     t = torch.tensor([2, 6])
-    a = attribute(m, x, t, "smoothgrad", {"base": base, "samples": 4, "noise_level": 0.2, "seed": 5,
-                                          "internal_batch_size": 3})
+    a = attribute(
+        m, x, t, "smoothgrad", {"base": base, "samples": 4, "noise_level": 0.2, "seed": 5, "internal_batch_size": 3}
+    )
     net = reference_net(model_name)  # one ReLU module per call: Captum's rules are right on it
     method = {"saliency": Saliency(net), "guided_backprop": GuidedBackprop(net), "deconvnet": Deconvolution(net)}[base]
     kw = {"abs": False} if base == "saliency" else {}
@@ -58,7 +66,9 @@ def test_matches_noise_tunnel(monkeypatch, model_name, base):
     d = max_rel_diff(a.maps, ref)
     record(f"smoothgrad (base {base})", model_name, "Captum NoiseTunnel, same noise", d)
     assert d <= TOL
-    assert [mm["noise_sigma"] for mm in a.meta] == pytest.approx([0.2 * float(x[i].max() - x[i].min()) for i in range(2)])
+    assert [mm["noise_sigma"] for mm in a.meta] == pytest.approx(
+        [0.2 * float(x[i].max() - x[i].min()) for i in range(2)]
+    )
 
 
 @pytest.mark.parametrize("model_name", ["demo", "resnet18"])
@@ -69,19 +79,26 @@ def test_over_integrated_gradients_matches_noise_tunnel(monkeypatch, model_name)
     from workers.explain.integrated import quadrature
 
     alphas_c = approximation_parameters("riemann_left")[1]  # Captum's float32 nodes (see test_lin_integrated)
-    monkeypatch.setattr(integrated, "quadrature", lambda n, r: (torch.tensor(alphas_c(n)).double().numpy(),
-                                                                quadrature(n, r)[1]))
+    monkeypatch.setattr(
+        integrated, "quadrature", lambda n, r: (torch.tensor(alphas_c(n)).double().numpy(), quadrature(n, r)[1])
+    )
     m = get_model(model_name)
     x = batch(m)
     t = torch.tensor([1, 8])
     ig = {"steps": 4, "integration": "riemann_left", "internal_batch_size": 64}
-    a = attribute(m, x, t, "smoothgrad", {"base": "integrated_gradients", "base_params": ig, "samples": 3,
-                                          "seed": 2, "internal_batch_size": 6})
+    a = attribute(
+        m,
+        x,
+        t,
+        "smoothgrad",
+        {"base": "integrated_gradients", "base_params": ig, "samples": 3, "seed": 2, "internal_batch_size": 6},
+    )
     # Captum's IG gets the noisy copies and a black baseline (pixel 0 of each channel) for each
     mean, std = m.mean_std()
     black = ((0 - mean) / std).expand(1, *x.shape[1:]).clone()
-    ref = noise_tunnel(monkeypatch, IntegratedGradients(m.module), x, t, 3, 0.15, 2, baselines=black, n_steps=4,
-                       method="riemann_left")
+    ref = noise_tunnel(
+        monkeypatch, IntegratedGradients(m.module), x, t, 3, 0.15, 2, baselines=black, n_steps=4, method="riemann_left"
+    )
     d = max_rel_diff(a.maps, ref)
     record("smoothgrad (base integrated_gradients)", model_name, "Captum NoiseTunnel, same noise", d)
     assert d <= TOL
@@ -138,10 +155,19 @@ def test_zero_noise_is_the_base_map():
 def test_progress_and_used_params():
     m = get_model("demo")
     seen = []
-    a = attribute(m, batch(m), 0, "smoothgrad",
-                  {"samples": 3, "internal_batch_size": 2, "base": "integrated_gradients",
-                   "base_params": {"steps": 2, "internal_batch_size": 4}},
-                  progress=Progress(report=seen.append))
+    a = attribute(
+        m,
+        batch(m),
+        0,
+        "smoothgrad",
+        {
+            "samples": 3,
+            "internal_batch_size": 2,
+            "base": "integrated_gradients",
+            "base_params": {"steps": 2, "internal_batch_size": 4},
+        },
+        progress=Progress(report=seen.append),
+    )
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) > 3
     assert a.used_params["base"] == "integrated_gradients"
     assert a.used_params["base_params"]["steps"] == 2 and a.used_params["seed"] == 0

@@ -4,6 +4,7 @@ guided Grad-CAM against Captum, CAM's structural check and the CAM = Grad-CAM ax
 
 Integrated gradients: tests/test_lin_integrated.py; SmoothGrad: tests/test_lin_smoothgrad.py;
 the models and the one-ReLU-per-call reference: tests/test_lin_refs.py."""
+
 from __future__ import annotations
 
 import base64
@@ -33,29 +34,33 @@ NEW = ("deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad", "gu
 
 # ---- schemas ----------------------------------------------------------------------------------
 
+
 def _png_b64(h=8, w=8) -> str:
     buf = io.BytesIO()
     Image.fromarray((np.arange(h * w * 3).reshape(h, w, 3) % 256).astype(np.uint8)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.mark.parametrize("name,params", [
-    ("integrated_gradients", {"steps": 0}),
-    ("integrated_gradients", {"baseline": "grey"}),
-    ("integrated_gradients", {"baseline": "aGVsbG8gd29ybGQ="}),  # base64, but not a PNG/JPEG
-    ("integrated_gradients", {"integration": "simpson"}),
-    ("integrated_gradients", {"internal_batch_size": 0}),
-    ("smoothgrad", {"noise_level": -0.1}),
-    ("smoothgrad", {"samples": 0}),
-    ("smoothgrad", {"base": "gradcam"}),  # not a gradient method
-    ("smoothgrad", {"base": "smoothgrad"}),
-    ("smoothgrad", {"base": "integrated_gradients", "base_params": {"steps": 0}}),
-    ("smoothgrad", {"base": "saliency", "base_params": {"smoothgrad": {"samples": 2}}}),
-    ("saliency", {"smoothgrad": {"noise_level": -1}}),
-    ("guided_backprop", {"smoothgrad": {"samples": 0}}),
-    ("deconvnet", {"rule": "x"}),
-    ("cam", {"layer": 3}),
-])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("integrated_gradients", {"steps": 0}),
+        ("integrated_gradients", {"baseline": "grey"}),
+        ("integrated_gradients", {"baseline": "aGVsbG8gd29ybGQ="}),  # base64, but not a PNG/JPEG
+        ("integrated_gradients", {"integration": "simpson"}),
+        ("integrated_gradients", {"internal_batch_size": 0}),
+        ("smoothgrad", {"noise_level": -0.1}),
+        ("smoothgrad", {"samples": 0}),
+        ("smoothgrad", {"base": "gradcam"}),  # not a gradient method
+        ("smoothgrad", {"base": "smoothgrad"}),
+        ("smoothgrad", {"base": "integrated_gradients", "base_params": {"steps": 0}}),
+        ("smoothgrad", {"base": "saliency", "base_params": {"smoothgrad": {"samples": 2}}}),
+        ("saliency", {"smoothgrad": {"noise_level": -1}}),
+        ("guided_backprop", {"smoothgrad": {"samples": 0}}),
+        ("deconvnet", {"rule": "x"}),
+        ("cam", {"layer": 3}),
+    ],
+)
 def test_bad_params_are_rejected(name, params):
     with pytest.raises(ValidationError):
         parse_params(name, params)
@@ -85,6 +90,7 @@ def test_catalog_declares_the_family():
 
 
 # ---- the rectifier rules on hand-computed backward passes ---------------------------------------
+
 
 class TwoLayer(nn.Module):
     def __init__(self, act1, act2):
@@ -117,8 +123,13 @@ def _deriv(kind, h):
 
 def _fwd(kind, h):
     name, p = kind
-    return {"relu": lambda: h.clamp(min=0), "relu6": lambda: h.clamp(0, p), "hardtanh": lambda: h.clamp(-1, 1),
-            "leaky": lambda: torch.where(h > 0, h, p * h), "elu": lambda: torch.where(h > 0, h, torch.exp(h) - 1)}[name]()
+    return {
+        "relu": lambda: h.clamp(min=0),
+        "relu6": lambda: h.clamp(0, p),
+        "hardtanh": lambda: h.clamp(-1, 1),
+        "leaky": lambda: torch.where(h > 0, h, p * h),
+        "elu": lambda: torch.where(h > 0, h, torch.exp(h) - 1),
+    }[name]()
 
 
 RECTIFIERS = {"relu", "relu6", "leaky"}
@@ -145,9 +156,9 @@ def hand_gradient(net, kinds, x, c, rule):
 
 ACTS = [
     (("relu", 0), lambda: nn.ReLU(inplace=True)),
-    (("relu", 0), lambda: (lambda t: torch.relu_(t * 1))),
-    (("relu", 0), lambda: (lambda t: F.relu(t, inplace=False))),
-    (("relu", 0), lambda: (lambda t: t.relu())),
+    (("relu", 0), lambda: lambda t: torch.relu_(t * 1)),
+    (("relu", 0), lambda: lambda t: F.relu(t, inplace=False)),
+    (("relu", 0), lambda: lambda t: t.relu()),
     (("relu6", 6.0), lambda: nn.ReLU6(inplace=True)),
     (("relu6", 6.0), lambda: F.relu6),
     (("relu6", 2.5), lambda: nn.Hardtanh(0.0, 2.5)),
@@ -172,9 +183,9 @@ def test_rules_match_hand_computed_backward(rule, i):
             y = net(xi)
         assert torch.allclose(y, net(x), atol=1e-6)  # the forward values are the network's own
         (g,) = torch.autograd.grad(y.gather(1, c.view(-1, 1)).sum(), xi)
-        ref = torch.stack([hand_gradient(net, kinds, x[j:j + 1], int(c[j]), rule)[0] for j in range(4)])
+        ref = torch.stack([hand_gradient(net, kinds, x[j : j + 1], int(c[j]), rule)[0] for j in range(4)])
         assert torch.allclose(g.double(), ref, atol=1e-5), (rule, kinds)
-        plain = torch.stack([hand_gradient(net, kinds, x[j:j + 1], int(c[j]), "plain")[0] for j in range(4)])
+        plain = torch.stack([hand_gradient(net, kinds, x[j : j + 1], int(c[j]), "plain")[0] for j in range(4)])
         if kind[0] in RECTIFIERS:
             assert (ref - plain).abs().max() > 1e-4  # the case does exercise the rule
 
@@ -236,6 +247,7 @@ def test_functional_relus_densenet():
 
 # ---- guided Grad-CAM -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_guided_gradcam_matches_captum(model_name):
     m = get_model(model_name)
@@ -244,8 +256,9 @@ def test_guided_gradcam_matches_captum(model_name):
     a = attribute(m, x, t, "guided_gradcam")
     layer = a.used_params["layer"]
     assert layer == (m.entry.target_layer or m.default_layer)
-    ref = GuidedGradCam(m.module, m.module_at(layer)).attribute(x.clone().requires_grad_(True), target=t,
-                                                               interpolate_mode="bilinear")
+    ref = GuidedGradCam(m.module, m.module_at(layer)).attribute(
+        x.clone().requires_grad_(True), target=t, interpolate_mode="bilinear"
+    )
     d = max_rel_diff(a.maps, ref)
     record("guided_gradcam", model_name, "Captum", d)
     assert d <= TOL
@@ -263,14 +276,16 @@ def test_guided_gradcam_layer_param():
     x = batch(m)
     a = attribute(m, x, 3, "guided_gradcam", {"layer": "layer3"})
     assert a.used_params == {"layer": "layer3"}
-    ref = GuidedGradCam(m.module, m.module.layer3).attribute(x.clone().requires_grad_(True), target=3,
-                                                             interpolate_mode="bilinear")
+    ref = GuidedGradCam(m.module, m.module.layer3).attribute(
+        x.clone().requires_grad_(True), target=3, interpolate_mode="bilinear"
+    )
     assert max_rel_diff(a.maps, ref) <= TOL
     with pytest.raises(MethodError, match="unknown layer"):
         attribute(m, x, 3, "guided_gradcam", {"layer": "layer9"})
 
 
 # ---- CAM ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model_name", ["resnet18", "resnet50"])
 def test_cam_formula_and_gradcam_axiom(model_name):
@@ -292,8 +307,9 @@ def test_cam_formula_and_gradcam_axiom(model_name):
     up = F.interpolate(ref, size=(64, 64), mode="bilinear", align_corners=False)
     assert max_rel_diff(a.maps.double(), up) <= 1e-5
     # its spatial mean plus the bias is the logit
-    assert torch.allclose(ref.mean(dim=(1, 2, 3)) + b[t], logits.gather(1, t.view(-1, 1)).squeeze(1).double(),
-                          atol=1e-4)
+    assert torch.allclose(
+        ref.mean(dim=(1, 2, 3)) + b[t], logits.gather(1, t.view(-1, 1)).squeeze(1).double(), atol=1e-4
+    )
     # axiom: Grad-CAM = ReLU(CAM) / (h w), a positive factor, at the layer's resolution
     gc = gradcam_at(Context(m, x, t, parse_params("gradcam", {})), "layer4").double()
     z = A.shape[-1] * A.shape[-2]
@@ -306,8 +322,9 @@ def test_cam_formula_and_gradcam_axiom(model_name):
     assert max_rel_diff(g * z, cam_relu_up) <= 1e-5
 
 
-@pytest.mark.parametrize("model_name,layer", [("vgg11", "features.19"), ("alexnet", "features.11"),
-                                              ("demo", "features.10")])
+@pytest.mark.parametrize(
+    "model_name,layer", [("vgg11", "features.19"), ("alexnet", "features.11"), ("demo", "features.10")]
+)
 def test_cam_refused_without_gap_linear_head(model_name, layer):
     m = get_model(model_name)
     reason = applicability(m)["cam"]
@@ -342,8 +359,9 @@ def _toy_model(between):
     from schemas.registry import ModelEntry
     from workers.loading import load_model
 
-    entry = ModelEntry(name="toy", architecture="toy", num_classes=4,
-                       input={"size": [16, 16], "mean": [0.5] * 3, "std": [0.25] * 3})
+    entry = ModelEntry(
+        name="toy", architecture="toy", num_classes=4, input={"size": [16, 16], "mean": [0.5] * 3, "std": [0.25] * 3}
+    )
     return load_model(entry, module=_Toy(between))
 
 
@@ -364,16 +382,22 @@ def test_cam_detects_functional_gap_and_refuses_anything_between():
 
 # ---- through the worker's pipeline (decode -> attribute -> reduce -> resize) ------------------------
 
+
 def test_pipeline_returns_maps_at_the_client_image_size():
     from workers.pipeline import Item, run_batch
 
     m = get_model("resnet18")
     rng = np.random.default_rng(0)
     img = Image.fromarray((rng.random((45, 70, 3)) * 255).astype(np.uint8))
-    methods = [{"name": "deconvnet"}, {"name": "guided_backprop"}, {"name": "guided_gradcam"}, {"name": "cam"},
-               {"name": "integrated_gradients", "params": {"steps": 4, "baseline": _png_b64(20, 30)}},
-               {"name": "smoothgrad", "params": {"samples": 2, "base": "guided_backprop"}},
-               {"name": "saliency", "params": {"smoothgrad": {"samples": 2}}}]
+    methods = [
+        {"name": "deconvnet"},
+        {"name": "guided_backprop"},
+        {"name": "guided_gradcam"},
+        {"name": "cam"},
+        {"name": "integrated_gradients", "params": {"steps": 4, "baseline": _png_b64(20, 30)}},
+        {"name": "smoothgrad", "params": {"samples": 2, "base": "guided_backprop"}},
+        {"name": "saliency", "params": {"smoothgrad": {"samples": 2}}},
+    ]
     it = Item(request={"methods": methods, "outputs": ["array"], "target": 3}, image=img)
     run_batch(m, [it])
     assert it.error is None, it.error

@@ -1,5 +1,6 @@
 """Metrics of workers.evaluation.metrics on small arrays, each against a number computed by hand
 (the derivation is in the test) or an independent reference (scikit-image's SSIM)."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The perturbation family (§6 adversarial, §2.1 black box) against independent references:
 Captum's Occlusion, Lime, FGSM and PGD (test-only references), hand-built models whose
 relevant region is known, and the cancellation/progress contract."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,12 @@ NAMES = ["adversarial", "adversarial_generators", "occlusion", "lime", "meaningf
 
 
 def entry(name="s", size=64, classes=10):
-    return ModelEntry(name=name, architecture="whitebox.shapes_cnn", num_classes=classes,
-                      input={"size": [size, size], "mean": [0.5] * 3, "std": [0.25] * 3})
+    return ModelEntry(
+        name=name,
+        architecture="whitebox.shapes_cnn",
+        num_classes=classes,
+        input={"size": [size, size], "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +74,14 @@ def test_occlusion_matches_captum(seeded, window, stride, fill):
     m, x, t = seeded
     a = attribute(m, x, t, "occlusion", {"window": window, "stride": stride, "fill": fill}).maps
     base = fill_image(m, x, fill, window / 2)
-    ref = Occlusion(m.module).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
-                                        baselines=base, target=t, perturbations_per_eval=64)
+    ref = Occlusion(m.module).attribute(
+        x,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, stride, stride),
+        baselines=base,
+        target=t,
+        perturbations_per_eval=64,
+    )
     for c in range(3):  # Captum repeats the value over the channels the window covers
         err = (a[:, 0] - ref[:, c]).abs().max() / (ref.max() - ref.min())
         assert err <= 1e-5, err
@@ -85,14 +96,21 @@ def test_occlusion_hand_computed():
             s = x[:, 0, 8:24, 8:24].sum((1, 2))
             return torch.stack([s, -s], 1)
 
-    m = load_model(ModelEntry(name="lin", architecture="x:y", num_classes=2,
-                              input={"size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3}), module=Lin())
+    m = load_model(
+        ModelEntry(
+            name="lin",
+            architecture="x:y",
+            num_classes=2,
+            input={"size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
+        module=Lin(),
+    )
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     a = attribute(m, x, 0, "occlusion", {"window": 8, "stride": 8}).maps[0, 0]
     for r in range(0, 32, 8):
         for c in range(0, 32, 8):
             inside = 8 <= r < 24 and 8 <= c < 24
-            expect = float(x[0, 0, r:r + 8, c:c + 8].sum()) if inside else 0.0
+            expect = float(x[0, 0, r : r + 8, c : c + 8].sum()) if inside else 0.0
             assert abs(float(a[r, c]) - expect) < 1e-4, (r, c, float(a[r, c]), expect)
 
 
@@ -132,9 +150,15 @@ def test_lime_matches_captum_ranking(seeded, score):
 
     fwd = LIME_FORWARD[score]
     ref = Lime(lambda inp: fwd(m.module(inp)), interpretable_model=SkLearnRidge(alpha=1.0), perturb_func=replay)
-    coef = ref.attribute(x[:1], target=int(t[0]), feature_mask=seg.view(1, 1, 64, 64).expand(1, 3, 64, 64),
-                         baselines=fill[None], n_samples=200, perturbations_per_eval=50,
-                         return_input_shape=False)[0]
+    coef = ref.attribute(
+        x[:1],
+        target=int(t[0]),
+        feature_mask=seg.view(1, 1, 64, 64).expand(1, 3, 64, 64),
+        baselines=fill[None],
+        n_samples=200,
+        perturbations_per_eval=50,
+        return_input_shape=False,
+    )[0]
     ours = torch.stack([a[seg == j][0] for j in range(k)])
     top = 5
     assert ours.argsort(descending=True)[:top].tolist() == coef.argsort(descending=True)[:top].tolist()
@@ -171,13 +195,16 @@ def test_fgsm_matches_captum(seeded, loss):
     assert att.used_params["loss"] == loss
     a = att.maps
     adv = FGSM(m.module, loss_func=CAPTUM_LOSS[loss], lower_bound=-2.0, upper_bound=2.0).perturb(
-        x, epsilon=eps / 0.25, target=t)
+        x, epsilon=eps / 0.25, target=t
+    )
     assert torch.equal(a, adv - x)
     assert (a.abs().amax() - eps / 0.25).abs() < 1e-6
 
 
-@pytest.mark.parametrize("steps,step,loss", [(10, None, "log_odds"), (5, 1 / 255, "log_odds"), (10, None, "margin"),
-                                             (5, 1 / 255, "cross_entropy")])
+@pytest.mark.parametrize(
+    "steps,step,loss",
+    [(10, None, "log_odds"), (5, 1 / 255, "log_odds"), (10, None, "margin"), (5, 1 / 255, "cross_entropy")],
+)
 def test_pgd_matches_captum(seeded, steps, step, loss):
     from captum.robust import PGD
 
@@ -189,7 +216,8 @@ def test_pgd_matches_captum(seeded, steps, step, loss):
     att = attribute(m, x, t, "adversarial", params)
     ss = att.used_params["step_size"]
     adv = PGD(m.module, loss_func=CAPTUM_LOSS[loss], lower_bound=-2.0, upper_bound=2.0).perturb(
-        x, radius=eps / 0.25, step_size=ss / 0.25, step_num=steps, target=t)
+        x, radius=eps / 0.25, step_size=ss / 0.25, step_num=steps, target=t
+    )
     assert torch.allclose(att.maps, adv - x, rtol=0, atol=1e-6)
     assert att.meta[0]["linf"] <= eps + 1e-6
 
@@ -257,7 +285,7 @@ class Texture(nn.Module):
         self.lap.weight.data = k.expand(1, 3, 3, 3).clone() / 3
 
     def forward(self, x):
-        e = self.lap(x).abs()[:, 0, self.r0:self.r1, self.r0:self.r1].mean((1, 2))
+        e = self.lap(x).abs()[:, 0, self.r0 : self.r1, self.r0 : self.r1].mean((1, 2))
         return torch.stack([0.3 * (e - 2.0), torch.zeros_like(e)], 1)  # p_0 about 0.95: not saturated
 
 
@@ -272,8 +300,15 @@ def texture_image():
 
 @pytest.mark.parametrize("variant", ["deletion", "extremal"])
 def test_meaningful_perturbation_finds_the_evidence(variant):
-    m = load_model(ModelEntry(name="tex", architecture="x:y", num_classes=2,
-                              input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}), module=Texture())
+    m = load_model(
+        ModelEntry(
+            name="tex",
+            architecture="x:y",
+            num_classes=2,
+            input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
+        module=Texture(),
+    )
     x = texture_image()
     params = {"variant": variant, "iterations": 100, "seed": 1, "area": 0.0625, "mask_scale": 4}
     att = attribute(m, x, 0, "meaningful_perturbation", params)
@@ -329,8 +364,10 @@ def saturated():
     m100 = load_model(e, module=Scaled(m.module))
     with torch.no_grad():
         assert bool((torch.softmax(m100.module(x[uns]), 1).amax(1) == 1.0).all())
-    return {"demo": (m, x[sat], logits[sat].argmax(1), masks[sat.numpy()]),
-            "x100": (m100, x[uns], logits[uns].argmax(1), masks[uns.numpy()])}
+    return {
+        "demo": (m, x[sat], logits[sat].argmax(1), masks[sat.numpy()]),
+        "x100": (m100, x[uns], logits[uns].argmax(1), masks[uns.numpy()]),
+    }
 
 
 def inside_fraction(maps, masks, dilate=3):
@@ -418,8 +455,15 @@ class Tiny(nn.Module):
 
 def test_long_occlusion_is_cancelled_promptly():
     torch.manual_seed(0)
-    m = load_model(ModelEntry(name="tiny", architecture="x:y", num_classes=3,
-                              input={"size": [224, 224], "mean": [0.5] * 3, "std": [0.25] * 3}), module=Tiny())
+    m = load_model(
+        ModelEntry(
+            name="tiny",
+            architecture="x:y",
+            num_classes=3,
+            input={"size": [224, 224], "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
+        module=Tiny(),
+    )
     x = torch.randn(1, 3, 224, 224)
     seen: list[float] = []
     prog = Progress(report=seen.append, cancelled=lambda: len(seen) >= 4)

@@ -1,5 +1,6 @@
 """The batch pipeline: per-method reduction defaults, and a batch of jobs giving the same
 maps as each job alone (the worker's dynamic batching must not change results)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,18 @@ def test_smoothgrad_reduces_like_its_base():
     m = seeded_torchvision("resnet18")
     img = Image.fromarray(random_image(64, 64))
     req = {"outputs": ["array"], "normalize": "none"}
-    over_ig = Item(request=request(**req, methods=[{"name": "smoothgrad", "params": {
-        "base": "integrated_gradients", "samples": 2, "base_params": {"steps": 4}}}]), image=img)
+    over_ig = Item(
+        request=request(
+            **req,
+            methods=[
+                {
+                    "name": "smoothgrad",
+                    "params": {"base": "integrated_gradients", "samples": 2, "base_params": {"steps": 4}},
+                }
+            ],
+        ),
+        image=img,
+    )
     over_sal = Item(request=request(**req, methods=[{"name": "smoothgrad", "params": {"samples": 2}}]), image=img)
     run_batch(m, [over_ig, over_sal])
     assert over_ig.result["explanations"][0]["raw_range"][0] < 0  # signed sum over channels

@@ -1,4 +1,5 @@
 """Rendering and post-processing: jet against matplotlib's, reduction, normalisation."""
+
 from __future__ import annotations
 
 import base64

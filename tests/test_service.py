@@ -1,4 +1,5 @@
 """The service end to end: real gateway, worker and Redis processes over HTTP (issue 2)."""
+
 from __future__ import annotations
 
 import base64
@@ -48,6 +49,7 @@ def assert_problem(r: httpx.Response, status: int, *words: str) -> dict:
 
 # ---- happy paths ---------------------------------------------------------------------------
 
+
 def test_explain_three_maps_at_client_size(client, shape):
     img, label = shape
     big = np.asarray(Image.fromarray(img).resize((96, 80), Image.BILINEAR))  # w=96, h=80
@@ -79,8 +81,12 @@ def test_target_by_label_and_index(client, shape):
 
 def test_reduce_none_and_abs_max(client, shape):
     img, _ = shape
-    r = client.post("/v1/explain", json=body(png_b64(img), methods=["saliency"], reduce="none", normalize="abs_max",
-                                             outputs=["array", "heatmap_png"]))
+    r = client.post(
+        "/v1/explain",
+        json=body(
+            png_b64(img), methods=["saliency"], reduce="none", normalize="abs_max", outputs=["array", "heatmap_png"]
+        ),
+    )
     e = r.json()["explanations"][0]
     a = decode_array(e["array"])
     assert a.shape == (3, 64, 64) and np.abs(a).max() == pytest.approx(1.0) and a.min() < 0
@@ -88,9 +94,16 @@ def test_reduce_none_and_abs_max(client, shape):
 
 def test_multipart_upload(client, shape):
     img, label = shape
-    r = client.post("/v1/explain", files={"image": ("shape.png", png_bytes(img), "image/png")},
-                    data={"model": "shapes-cnn", "methods": json.dumps(["gradcam", {"name": "fem", "params": {"k": 2}}]),
-                          "target": str(label), "outputs": json.dumps(["array"])})
+    r = client.post(
+        "/v1/explain",
+        files={"image": ("shape.png", png_bytes(img), "image/png")},
+        data={
+            "model": "shapes-cnn",
+            "methods": json.dumps(["gradcam", {"name": "fem", "params": {"k": 2}}]),
+            "target": str(label),
+            "outputs": json.dumps(["array"]),
+        },
+    )
     assert r.status_code == 200, r.text[:300]
     j = r.json()
     assert [e["method"] for e in j["explanations"]] == ["gradcam", "fem"]
@@ -101,8 +114,15 @@ def test_jpeg_and_torchvision_models(client):
     buf = io.BytesIO()
     Image.fromarray(random_image(50, 70)).save(buf, format="JPEG")
     for model in ("resnet18", "vgg11"):
-        r = client.post("/v1/explain", json={"model": model, "image": base64.b64encode(buf.getvalue()).decode(),
-                                             "methods": ["saliency", "gradcam", "fem"], "outputs": ["array"]})
+        r = client.post(
+            "/v1/explain",
+            json={
+                "model": model,
+                "image": base64.b64encode(buf.getvalue()).decode(),
+                "methods": ["saliency", "gradcam", "fem"],
+                "outputs": ["array"],
+            },
+        )
         assert r.status_code == 200, r.text[:300]
         for e in r.json()["explanations"]:
             assert decode_array(e["array"]).shape == (50, 70)
@@ -149,9 +169,13 @@ def test_health_and_oip(client):
 def test_kserve_v1_explain(client, shape):
     img, label = shape
     assert client.get("/v1/models/shapes-cnn").json() == {"name": "shapes-cnn", "ready": True}
-    r = client.post("/v1/models/shapes-cnn:explain",
-                    json={"instances": [{"data": png_b64(img)}, png_b64(random_image(64, 64))],
-                          "parameters": {"methods": ["fem"], "outputs": ["array"]}})
+    r = client.post(
+        "/v1/models/shapes-cnn:explain",
+        json={
+            "instances": [{"data": png_b64(img)}, png_b64(random_image(64, 64))],
+            "parameters": {"methods": ["fem"], "outputs": ["array"]},
+        },
+    )
     assert r.status_code == 200, r.text[:300]
     j = r.json()
     assert len(j["predictions"]) == 2 and j["predictions"][0]["class_index"] == label
@@ -170,6 +194,7 @@ def test_metrics_gateway_and_worker(client, stack, shape):
 
 
 # ---- bad input: a clear 4xx problem, and the service keeps serving ---------------------------
+
 
 def truncated_png(img) -> str:
     data = png_bytes(img)
@@ -194,8 +219,12 @@ BAD = [
     ("nine methods", lambda img: body(png_b64(img), methods=["fem"] * 9), 422, "methods"),
     ("negative k", lambda img: body(png_b64(img), methods=[{"name": "fem", "params": {"k": -1}}]), 422, "k"),
     ("unknown param", lambda img: body(png_b64(img), methods=[{"name": "fem", "params": {"kk": 1}}]), 422, "kk"),
-    ("unknown layer", lambda img: body(png_b64(img), methods=[{"name": "gradcam", "params": {"layer": "fc9"}}]),
-     422, "unknown layer"),
+    (
+        "unknown layer",
+        lambda img: body(png_b64(img), methods=[{"name": "gradcam", "params": {"layer": "fc9"}}]),
+        422,
+        "unknown layer",
+    ),
     ("target out of range", lambda img: body(png_b64(img), target=10), 422, "out of range"),
     ("negative target", lambda img: body(png_b64(img), target=-1), 422, "target"),
     ("unknown label", lambda img: body(png_b64(img), target="dodecahedron"), 422, "unknown class label"),
@@ -212,13 +241,15 @@ def test_bad_input(client, shape, name, make, status, word):
 def test_nan_param_and_bad_json(client, shape):
     raw = json.dumps(body(png_b64(shape[0]), methods=[{"name": "fem", "params": {"k": 1.0}}])).replace("1.0", "NaN")
     assert_problem(client.post("/v1/explain", content=raw, headers={"content-type": "application/json"}), 422, "k")
-    assert_problem(client.post("/v1/explain", content=b"{not json", headers={"content-type": "application/json"}),
-                   422, "json")
+    assert_problem(
+        client.post("/v1/explain", content=b"{not json", headers={"content-type": "application/json"}), 422, "json"
+    )
 
 
 def test_body_over_limit(client):
-    assert_problem(client.post("/v1/explain", content=b"x" * 3_500_000,
-                               headers={"content-type": "application/json"}), 413, "limit")
+    assert_problem(
+        client.post("/v1/explain", content=b"x" * 3_500_000, headers={"content-type": "application/json"}), 413, "limit"
+    )
 
 
 def test_still_serving_after_bad_input(client, shape):

@@ -1,6 +1,7 @@
 """Faults through the real stack: cancellation, a worker killed while it holds a job,
 a poison job that ends in the dead-letter stream, auth, backpressure, timeouts, and
 the all-in-one command stopping cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,15 @@ def poll(client: httpx.Client, job_id: str, until: tuple[str, ...], timeout: flo
 
 
 def long_job(client: httpx.Client, stride: int = 1) -> str:
-    r = client.post("/v1/jobs", json={"model": "vgg11", "image": png_b64(random_image(64, 64, seed=5)),
-                                      "methods": [{"name": "occlusion", "params": {"window": 4, "stride": stride}}],
-                                      "outputs": ["array"]})
+    r = client.post(
+        "/v1/jobs",
+        json={
+            "model": "vgg11",
+            "image": png_b64(random_image(64, 64, seed=5)),
+            "methods": [{"name": "occlusion", "params": {"window": 4, "stride": stride}}],
+            "outputs": ["array"],
+        },
+    )
     assert r.status_code == 202, r.text[:300]
     return r.json()["id"]
 
@@ -100,11 +107,14 @@ def test_poison_job_goes_to_dead_letter(stack, client):
     """A job whose earlier holders all died (three deliveries, never acknowledged) is not
     run a fourth time: it goes to the dead-letter stream and its client gets an error."""
     r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    req = ExplainRequest.model_validate({"model": "shapes-cnn", "image": png_b64(random_image(64, 64)),
-                                         "methods": ["fem"]})
+    req = ExplainRequest.model_validate(
+        {"model": "shapes-cnn", "image": png_b64(random_image(64, 64)), "methods": ["fem"]}
+    )
     job = q.JobMessage(id=q.new_job_id(), model="shapes-cnn", request=req.model_dump(), image_size=(64, 64))
-    r.hset(q.job_key(job.id), mapping={"status": "queued", "progress": "0", "model": "shapes-cnn",
-                                       "created": str(job.enqueued_at)})
+    r.hset(
+        q.job_key(job.id),
+        mapping={"status": "queued", "progress": "0", "model": "shapes-cnn", "created": str(job.enqueued_at)},
+    )
     stream = q.stream_key("shapes-cnn")
     dead_before = r.xlen(q.DEAD_LETTER_STREAM)
     p = r.pipeline(transaction=True)  # nobody else can take it between the add and the read
@@ -123,8 +133,9 @@ def test_poison_job_goes_to_dead_letter(stack, client):
 @pytest.fixture(scope="module")
 def gw2(stack):
     port = free_port()
-    stack.start_gateway(port, {"WHITEBOX_API_KEYS": "k1,k2", "WHITEBOX_MAX_QUEUE_DEPTH": "2",
-                               "WHITEBOX_REQUEST_TIMEOUT_S": "1.5"})
+    stack.start_gateway(
+        port, {"WHITEBOX_API_KEYS": "k1,k2", "WHITEBOX_MAX_QUEUE_DEPTH": "2", "WHITEBOX_REQUEST_TIMEOUT_S": "1.5"}
+    )
     url = f"http://127.0.0.1:{port}"
     stack.wait_ready(url)
     return url
@@ -160,11 +171,22 @@ def test_timeout_and_backpressure(stack, gw2):
 
 def test_serve_starts_and_stops_cleanly(tmp_path):
     port = free_port()
-    env = {**os.environ, "WHITEBOX_PORT": str(port), "WHITEBOX_DATA_DIR": str(tmp_path), "WHITEBOX_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "WHITEBOX_PORT": str(port),
+        "WHITEBOX_DATA_DIR": str(tmp_path),
+        "WHITEBOX_LOG_LEVEL": "WARNING",
+    }
     env.pop("REDIS_URL", None)
     env.pop("WHITEBOX_MODELS", None)
-    p = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         ready = False
@@ -177,8 +199,11 @@ def test_serve_starts_and_stops_cleanly(tmp_path):
                 break
             time.sleep(0.3)
         assert ready, p.stdout.read() if p.poll() is not None else "not ready"
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/explain", timeout=60,
-                       json={"model": "shapes-cnn", "image": png_b64(random_image(64, 64)), "methods": ["fem"]})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/explain",
+            timeout=60,
+            json={"model": "shapes-cnn", "image": png_b64(random_image(64, 64)), "methods": ["fem"]},
+        )
         assert r.status_code == 200
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0

@@ -1,6 +1,7 @@
 """Every method of the catalog through HTTP on every model of the test stack (issues 3-5):
 200 with the map at the client's image size where the method applies, 422 naming the
 reason where it does not — never a silently wrong map."""
+
 from __future__ import annotations
 
 import base64
@@ -40,8 +41,15 @@ UNSUPPORTED = {
 @pytest.mark.parametrize("method", sorted(CATALOG))
 def test_method_on_model(client, model, method):
     img = random_image(48, 56, seed=7)
-    r = client.post("/v1/explain", json={"model": model, "image": png_b64(img), "outputs": ["array"],
-                                         "methods": [{"name": method, "params": FAST.get(method, {})}]})
+    r = client.post(
+        "/v1/explain",
+        json={
+            "model": model,
+            "image": png_b64(img),
+            "outputs": ["array"],
+            "methods": [{"name": method, "params": FAST.get(method, {})}],
+        },
+    )
     if (model, method) in UNSUPPORTED:
         p = assert_problem(r, 422, UNSUPPORTED[(model, method)])
         assert method in p["detail"]
@@ -72,13 +80,23 @@ BAD_PARAMS = [
 
 @pytest.mark.parametrize("method,params,word", BAD_PARAMS, ids=[f"{m}-{w}" for m, _, w in BAD_PARAMS])
 def test_bad_params(client, method, params, word):
-    r = client.post("/v1/explain", json={"model": "resnet18", "image": png_b64(random_image(32, 32)),
-                                         "methods": [{"name": method, "params": params}]})
+    r = client.post(
+        "/v1/explain",
+        json={
+            "model": "resnet18",
+            "image": png_b64(random_image(32, 32)),
+            "methods": [{"name": method, "params": params}],
+        },
+    )
     assert_problem(r, 422, word)
 
 
 def test_same_seed_same_map(client):
-    body = {"model": "resnet18", "image": png_b64(random_image(40, 40, seed=3)), "outputs": ["array"],
-            "methods": [{"name": "smoothgrad", "params": {"samples": 4, "seed": 11}}]}
+    body = {
+        "model": "resnet18",
+        "image": png_b64(random_image(40, 40, seed=3)),
+        "outputs": ["array"],
+        "methods": [{"name": "smoothgrad", "params": {"samples": 4, "seed": 11}}],
+    }
     a, b = (client.post("/v1/explain", json=body).json()["explanations"][0]["array"]["data"] for _ in range(2))
     assert a == b

@@ -1,6 +1,7 @@
 """Structure family (§5) at library level: the LRP conservation axiom (Eq. 11) layer by layer,
 the bias share, residual splitting, deep Taylor's positivity and conservation, parameter
 validation, and the refusal of models with layers no rule covers."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,13 +51,24 @@ def test_params_validation():
 
 # ---- Eq. 11: conservation layer by layer -------------------------------------------------------------
 
+
 def bias_free_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(16, 16, 3, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-        nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 10, bias=False))
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(16, 16, 3, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 32, bias=False),
+        nn.ReLU(),
+        nn.Linear(32, 10, bias=False),
+    )
 
 
 def relevance_by_layer(m, x, target, params):
@@ -65,10 +77,12 @@ def relevance_by_layer(m, x, target, params):
     applicability(m)  # the one-off analysis pass (cached) runs before the hooks are in place
     rows, handles = [], []
     for mod in m.module:
+
         def hook(mod, inp, out):
             row = [mod, out.detach(), None]
             rows.append(row)
             out.register_hook(lambda g, row=row: row.__setitem__(2, g.detach()))
+
         handles.append(mod.register_forward_hook(hook))
     try:
         a = attribute(m, x, target, "lrp", params)
@@ -191,9 +205,17 @@ def test_composite_layer_mapping():
     assert a.used_params["layer_rules"] == {"zbox": 1, "gamma": 19, "epsilon(0.25)": 1}
 
 
-LIBRARY_MATRIX = [("shapes", 64, p) for p in (
-    {"rule": "zero"}, {"rule": "epsilon"}, {"rule": "gamma"}, {"rule": "alpha_beta", "alpha": 2, "beta": 1},
-    {"composite": "epsilon_plus_flat"}, {"composite": "epsilon_gamma_box"}, {"composite": "epsilon_alpha2_beta1"})
+LIBRARY_MATRIX = [
+    ("shapes", 64, p)
+    for p in (
+        {"rule": "zero"},
+        {"rule": "epsilon"},
+        {"rule": "gamma"},
+        {"rule": "alpha_beta", "alpha": 2, "beta": 1},
+        {"composite": "epsilon_plus_flat"},
+        {"composite": "epsilon_gamma_box"},
+        {"composite": "epsilon_alpha2_beta1"},
+    )
 ] + [(arch, size, {"composite": "epsilon_gamma_box"}) for arch, size in (("alexnet", 64), ("resnet34", 32))]
 
 
@@ -207,6 +229,7 @@ def test_lrp_runs_on_supported_models(arch, size, params):
 
 
 # ---- layers no rule covers ------------------------------------------------------------------------------
+
 
 class Block(nn.Module):
     def __init__(self, act: nn.Module | None):
@@ -252,9 +275,16 @@ def test_uncovered_layers_are_refused(build, where, func):
     assert reasons["fem"] is None or "fem" not in reasons  # FEM does not propagate relevance
     # the run-time guard: even without the applicability check no map comes back
     with pytest.raises(MethodError, match=func):
-        relevance_pass(m, image_batch(m, 1), torch.tensor([0]), lambda i, conv: lrp_chooser(LrpParams(), 0, 1)(i, conv),
-                       True, "lrp")
+        relevance_pass(
+            m,
+            image_batch(m, 1),
+            torch.tensor([0]),
+            lambda i, conv: lrp_chooser(LrpParams(), 0, 1)(i, conv),
+            True,
+            "lrp",
+        )
     from workers.explain.deeplift import deeplift
+
     with pytest.raises(MethodError, match=func):
         x = image_batch(m, 1)
         deeplift(m.module, x, torch.zeros_like(x), torch.tensor([0]), "rescale")

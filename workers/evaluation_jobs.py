@@ -1,13 +1,12 @@
 """The evaluate and compare jobs of the worker (POST /v1/evaluate, POST /v1/compare):
 decode the request's images and ground truth, call workers.evaluation, shape the answer."""
+
 from __future__ import annotations
 
 import base64
-import io
 import time
 
 import numpy as np
-from PIL import Image
 
 from schemas.images import decode_image
 from schemas.problems import ValidationProblem
@@ -24,8 +23,10 @@ def run_evaluate(model: LoadedModel, req: dict, max_pixels: int, progress: Progr
     gt = req.get("ground_truth")
     masks = None
     if gt is not None:
-        gts = [{k: v for k, v in g.items() if v is not None}  # exactly one of box / polygon / mask_png
-               for g in (gt if isinstance(gt, list) else [gt] * len(images))]
+        gts = [
+            {k: v for k, v in g.items() if v is not None}  # exactly one of box / polygon / mask_png
+            for g in (gt if isinstance(gt, list) else [gt] * len(images))
+        ]
         try:
             masks = np.stack([ground_truth_mask(g, img.size, model.input_size) for g, img in zip(gts, images)])
         except ValueError as e:
@@ -33,11 +34,18 @@ def run_evaluate(model: LoadedModel, req: dict, max_pixels: int, progress: Progr
     target = req.get("target", "predicted")
     if isinstance(target, str) and target != "predicted":
         target = int(target) if target.isdigit() else model.labels.index(target)
-    results = evaluate(model, x, target=target, methods=req["methods"], metrics=req["metrics"], gt_mask=masks,
-                       progress=progress, per_sample=req.get("per_sample", False))
+    results = evaluate(
+        model,
+        x,
+        target=target,
+        methods=req["methods"],
+        metrics=req["metrics"],
+        gt_mask=masks,
+        progress=progress,
+        per_sample=req.get("per_sample", False),
+    )
     ms = (time.perf_counter() - t0) * 1000
-    return {"model": model.name, "images": len(images), "results": results,
-            "timings": {"compute_ms": round(ms, 3)}}
+    return {"model": model.name, "images": len(images), "results": results, "timings": {"compute_ms": round(ms, 3)}}
 
 
 def _map(m: dict, max_pixels: int) -> np.ndarray:

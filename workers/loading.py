@@ -1,5 +1,6 @@
 """Loading registry models once: weights (safetensors, or a weights_only state_dict),
 eval mode, frozen parameters, and the layer table that `layer` params refer to."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -86,7 +87,8 @@ class LoadedModel:
         if name not in self.layers:
             raise MethodError(
                 f"unknown layer {name!r} for model {self.name!r}; usable layers: {', '.join(self.layers)}",
-                field="layer")
+                field="layer",
+            )
         return name
 
     def module_at(self, name: str) -> nn.Module:
@@ -100,8 +102,12 @@ class LoadedModel:
             "description": self.entry.description,
             "classes": self.labels,
             "num_classes": self.num_classes,
-            "input": {"size": list(self.input_size), "mean": self.entry.input.mean, "std": self.entry.input.std,
-                      "channels": self.channels},
+            "input": {
+                "size": list(self.input_size),
+                "mean": self.entry.input.mean,
+                "std": self.entry.input.std,
+                "channels": self.channels,
+            },
             "layers": [{"name": li.name, "type": li.type, "shape": list(li.shape)} for li in self.layers.values()],
             "default_layer": self.entry.target_layer or self.default_layer,
             "methods": sorted(k for k, v in methods.items() if v is None),
@@ -151,15 +157,19 @@ def layer_table(module: nn.Module, channels: int, size: tuple[int, int]) -> tupl
     if last_conv is not None:
         hw = order[last_conv][2][1:]
         default = order[last_conv][0]
-        for name, m, shape in order[last_conv + 1:]:
+        for name, m, shape in order[last_conv + 1 :]:
             if shape[1:] != hw or isinstance(m, POOLING):
                 break
             default = name
     return table, default
 
 
-def load_model(entry: ModelEntry, registry: Registry | None = None, device: str | torch.device = "cpu",
-               module: nn.Module | None = None) -> LoadedModel:
+def load_model(
+    entry: ModelEntry,
+    registry: Registry | None = None,
+    device: str | torch.device = "cpu",
+    module: nn.Module | None = None,
+) -> LoadedModel:
     """Build, load and freeze one registry model. ``module`` skips building (tests pass seeded nets)."""
     if module is None:
         module = build_architecture(entry.architecture, entry.num_classes)
@@ -173,5 +183,6 @@ def load_model(entry: ModelEntry, registry: Registry | None = None, device: str 
     module.to(dev)
     labels = registry.labels_of(entry) if registry else (entry.labels or [str(i) for i in range(entry.num_classes)])
     layers, default = layer_table(module, entry.input.channels, tuple(entry.input.size))
-    return LoadedModel(name=entry.name, entry=entry, module=module, labels=labels, device=dev,
-                       layers=layers, default_layer=default)
+    return LoadedModel(
+        name=entry.name, entry=entry, module=module, labels=labels, device=dev, layers=layers, default_layer=default
+    )

@@ -1,16 +1,17 @@
 """A batch of explain requests on one model, end to end: decode, preprocess, predict,
 resolve targets, run each distinct method call once over the samples that asked
 for it, post-process and render. The worker loop and the CLI both call this."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
+from schemas.methods import CATALOG
 from workers import render
 from workers.errors import ExplainError, TargetError
 from workers.explain import attribute
@@ -18,7 +19,6 @@ from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.fused import FusedCall, FusedPass, call_key, plan_call
 from workers.explain.postprocess import display_map, normalize, reduce_channels, resize
 from workers.loading import LoadedModel
-from schemas.methods import CATALOG
 
 
 @dataclass
@@ -68,8 +68,9 @@ def _report(it: Item, fraction: float) -> None:
             it.error = e
 
 
-def _resolve_targets(model: LoadedModel, items: list[Item], idx: list[int], probs: torch.Tensor,
-                     targets: torch.Tensor) -> None:
+def _resolve_targets(
+    model: LoadedModel, items: list[Item], idx: list[int], probs: torch.Tensor, targets: torch.Tensor
+) -> None:
     for j, i in enumerate(idx):
         try:
             targets[i] = resolve_target(model, items[i].request.get("target", "predicted"), int(probs[j].argmax()))
@@ -143,8 +144,15 @@ def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
             i = idx[j]
             for key in sig:
                 att, call = atts[key], calls_of[i][key]
-                outs[(i, key)] = _render_one(model, items[i], call, att.maps[j:j + 1],
-                                             {**(call.get("params") or {}), **att.used_params}, {}, ms)
+                outs[(i, key)] = _render_one(
+                    model,
+                    items[i],
+                    call,
+                    att.maps[j : j + 1],
+                    {**(call.get("params") or {}), **att.used_params},
+                    {},
+                    ms,
+                )
             done_calls[i] += len(sig)
             if len(live) > 1:
                 _report(items[i], done_calls[i] / n_calls[i])
@@ -190,8 +198,15 @@ def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
             it = items[i]
             if len(idx) > 1:
                 _report(it, done_calls[i] / n_calls[i])
-            outs[(i, key)] = _render_one(model, it, call, att.maps[j:j + 1], {**(call.get("params") or {}), **att.used_params},
-                                         att.meta[j] if att.meta else {}, ms)
+            outs[(i, key)] = _render_one(
+                model,
+                it,
+                call,
+                att.maps[j : j + 1],
+                {**(call.get("params") or {}), **att.used_params},
+                att.meta[j] if att.meta else {},
+                ms,
+            )
     for i in range(n):
         it = items[i]
         if it.error is not None:
@@ -204,16 +219,23 @@ def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
         it.compute_ms = predict_ms[i] + sum(e["compute_ms"] for e in explanations)
         it.result = {
             "model": model.name,
-            "prediction": {"class_index": pred, "label": model.labels[pred], "score": float(top.values[0]),
-                           "top_k": [{"class_index": int(c), "label": model.labels[int(c)], "score": float(s)}
-                                     for s, c in zip(top.values, top.indices)]},
+            "prediction": {
+                "class_index": pred,
+                "label": model.labels[pred],
+                "score": float(top.values[0]),
+                "top_k": [
+                    {"class_index": int(c), "label": model.labels[int(c)], "score": float(s)}
+                    for s, c in zip(top.values, top.indices)
+                ],
+            },
             "target": {"class_index": t, "label": model.labels[t]},
             "explanations": explanations,
         }
 
 
-def _render_one(model: LoadedModel, it: Item, call: dict, raw: torch.Tensor, params: dict, meta: dict,
-                compute_ms: float) -> dict:
+def _render_one(
+    model: LoadedModel, it: Item, call: dict, raw: torch.Tensor, params: dict, meta: dict, compute_ms: float
+) -> dict:
     req = it.request
     how = req.get("reduce") or default_reduce(call["name"], params)
     if how == "single":
@@ -224,8 +246,13 @@ def _render_one(model: LoadedModel, it: Item, call: dict, raw: torch.Tensor, par
     raw_range = [float(m.min()), float(m.max())]
     norm = req.get("normalize", "minmax")
     mn = normalize(m, norm)
-    out: dict[str, Any] = {"method": call["name"], "params": params, "raw_range": raw_range,
-                           "compute_ms": round(compute_ms, 3), "metadata": meta}
+    out: dict[str, Any] = {
+        "method": call["name"],
+        "params": params,
+        "raw_range": raw_range,
+        "compute_ms": round(compute_ms, 3),
+        "metadata": meta,
+    }
     outputs = req.get("outputs") or ["heatmap_png"]
     disp = display_map(mn, norm).cpu().numpy() if any(o != "array" for o in outputs) else None
     cmap = req.get("colormap", "jet")

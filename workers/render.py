@@ -1,5 +1,6 @@
 """Maps to client formats: colour-mapped PNG (jet, as in the survey's figures),
 overlay on the input image, grey-level mask, float32 array."""
+
 from __future__ import annotations
 
 import base64
@@ -7,7 +8,6 @@ import io
 
 import numpy as np
 from PIL import Image
-
 
 # 'jet' as MATLAB and matplotlib define it: piecewise-linear R, G, B through these knots
 _JET_KNOTS = (
@@ -31,8 +31,15 @@ def _gray(v: np.ndarray) -> np.ndarray:
 
 def _viridis(v: np.ndarray) -> np.ndarray:
     # 5-point approximation of viridis, linearly interpolated
-    pts = np.array([[0.267, 0.005, 0.329], [0.230, 0.322, 0.546], [0.128, 0.567, 0.551],
-                    [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]])
+    pts = np.array(
+        [
+            [0.267, 0.005, 0.329],
+            [0.230, 0.322, 0.546],
+            [0.128, 0.567, 0.551],
+            [0.369, 0.789, 0.383],
+            [0.993, 0.906, 0.144],
+        ]
+    )
     x = np.linspace(0, 1, len(pts))
     return np.stack([np.interp(v, x, pts[:, i]) for i in range(3)], axis=-1)
 

@@ -19,13 +19,13 @@ Reuse with another data set (e.g. a Clever-Hans variant)::
     model = fit(ShapesCNN(), images, labels, epochs=6, seed=0)
     save(model, "out.safetensors", LABELS)
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -69,12 +69,25 @@ def init_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 6, batch_size: int = 32,
-        lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0, flips: bool = True, init: bool = True,
-        activation_l1: float = 0.0, masks: np.ndarray | None = None, mask_penalty: float = 0.0,
-        mask_dilation: int = 2,
-        log: Callable[[str], None] = print,
-        on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+def fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int = 6,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    flips: bool = True,
+    init: bool = True,
+    activation_l1: float = 0.0,
+    masks: np.ndarray | None = None,
+    mask_penalty: float = 0.0,
+    mask_dilation: int = 2,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
     """Train ``model`` (in place) with AdamW and a one-cycle learning rate on uint8 images (N,H,W,3).
 
     ``activation_l1``: weight of an L1 penalty on the mean activation of the last conv block (the
@@ -99,8 +112,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int
     n = len(y_all)
     steps_per_epoch = (n + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     acts: list[torch.Tensor] = []
     hook = None
     use_masks = masks is not None and mask_penalty > 0
@@ -119,7 +131,7 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int
         perm = torch.randperm(n, generator=g)
         t0, total, correct, loss_sum = time.time(), 0, 0, 0.0
         for s in range(steps_per_epoch):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
+            idx = perm[s * batch_size : (s + 1) * batch_size]
             x = normalise(x_all[idx])
             y = y_all[idx]
             mk = m_all[idx].unsqueeze(1).float() if m_all is not None else None
@@ -149,8 +161,10 @@ def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((out.argmax(1) == y).sum())
             total += len(idx)
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.4f}, train acc {correct / total:.4f}, "
-            f"{time.time() - t0:.0f} s")
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.4f}, train acc {correct / total:.4f}, "
+            f"{time.time() - t0:.0f} s"
+        )
         if on_epoch is not None:
             on_epoch(epoch, model)
     if hook is not None:
@@ -171,7 +185,7 @@ def background_share(acts: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     model.eval()
     x_all = torch.from_numpy(np.ascontiguousarray(images))
-    out = [model(normalise(x_all[i:i + batch_size])).argmax(1) for i in range(0, len(x_all), batch_size)]
+    out = [model(normalise(x_all[i : i + batch_size])).argmax(1) for i in range(0, len(x_all), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -199,39 +213,62 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--activation-l1", type=float, default=0.0,
-                    help="L1 penalty on the last conv block's activations (tried: worse maps; default off)")
-    ap.add_argument("--mask-penalty", type=float, default=MASK_PENALTY,
-                    help="weight of the share of the last conv block's activations outside the object "
-                         "masks (0: off)")
+    ap.add_argument(
+        "--activation-l1",
+        type=float,
+        default=0.0,
+        help="L1 penalty on the last conv block's activations (tried: worse maps; default off)",
+    )
+    ap.add_argument(
+        "--mask-penalty",
+        type=float,
+        default=MASK_PENALTY,
+        help="weight of the share of the last conv block's activations outside the object masks (0: off)",
+    )
     ap.add_argument("--mask-dilation", type=int, default=2, help="px by which the masks are dilated first")
     ap.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
     ap.add_argument("--data-seed", type=int, default=TRAIN_SEED)
     ap.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (results are bit-reproducible for a fixed value)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (results are bit-reproducible for a fixed value)"
+    )
     ap.add_argument("--out", default=str(WEIGHTS_DIR / "shapes-cnn.safetensors"))
-    ap.add_argument("--min-accuracy", type=float, default=0.97,
-                    help="refuse to write weights below this held-out accuracy")
+    ap.add_argument(
+        "--min-accuracy", type=float, default=0.97, help="refuse to write weights below this held-out accuracy"
+    )
     args = ap.parse_args(argv)
 
     set_determinism(args.seed, args.threads)
     t0 = time.time()
     x_tr, y_tr, m_tr = generate(args.train_size, args.data_seed)
     x_te, y_te, _ = generate(args.heldout_size, args.heldout_seed)
-    print(f"data: {len(y_tr)} training images (seed {args.data_seed}), {len(y_te)} held-out "
-          f"(seed {args.heldout_seed}), {time.time() - t0:.0f} s")
+    print(
+        f"data: {len(y_tr)} training images (seed {args.data_seed}), {len(y_te)} held-out "
+        f"(seed {args.heldout_seed}), {time.time() - t0:.0f} s"
+    )
 
     model = ShapesCNN(num_classes=len(LABELS))
     t1 = time.time()
-    fit(model, x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        activation_l1=args.activation_l1, masks=m_tr, mask_penalty=args.mask_penalty,
+    fit(
+        model,
+        x_tr,
+        y_tr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        activation_l1=args.activation_l1,
+        masks=m_tr,
+        mask_penalty=args.mask_penalty,
         mask_dilation=args.mask_dilation,
-        on_epoch=lambda e, m: print(f"  held-out acc {evaluate(m, x_te, y_te):.4f}"))
+        on_epoch=lambda e, m: print(f"  held-out acc {evaluate(m, x_te, y_te):.4f}"),
+    )
     train_s = time.time() - t1
     acc = evaluate(model, x_te, y_te)
-    print(f"held-out accuracy: {acc:.4f} ({len(y_te)} images, seed {args.heldout_seed}); "
-          f"training {train_s:.0f} s, total {time.time() - t0:.0f} s")
+    print(
+        f"held-out accuracy: {acc:.4f} ({len(y_te)} images, seed {args.heldout_seed}); "
+        f"training {train_s:.0f} s, total {time.time() - t0:.0f} s"
+    )
     if acc < args.min_accuracy:
         raise SystemExit(f"held-out accuracy {acc:.4f} < {args.min_accuracy}: weights not written")
     w, lab = save(model, args.out, LABELS)

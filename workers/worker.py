@@ -9,6 +9,7 @@ time), so only the jobs of a dead worker grow idle; those are taken over with
 XAUTOCLAIM, and a job delivered more than ``max_deliveries`` times goes to the
 dead-letter stream with a failed result for its client.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ from schemas.problems import CancelledProblem, Problem, WorkerFailure
 from schemas.registry import Registry, load_registry
 from schemas.settings import Settings
 from schemas.telemetry import WorkerMetrics
-from workers.explain import applicability
 from workers.evaluation_jobs import RUNNERS
+from workers.explain import applicability
 from workers.explain.base import Progress
 from workers.loading import LoadedModel, load_model
 from workers.pipeline import Item, run_batch
@@ -71,8 +72,13 @@ class JobReporter:
 
 
 class Worker:
-    def __init__(self, settings: Settings, registry: Registry | None = None, models: list[str] | None = None,
-                 consumer: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry | None = None,
+        models: list[str] | None = None,
+        consumer: str | None = None,
+    ):
         if not settings.redis_url:
             raise SystemExit("REDIS_URL is not set (the all-in-one `whitebox serve` starts an embedded Redis)")
         self.settings = settings
@@ -114,8 +120,11 @@ class Worker:
         p = self.r.pipeline()
         for name, card in self.cards.items():
             p.set(q.model_key(name), json.dumps(card), ex=q.MODEL_CARD_TTL_S)
-        p.set(q.worker_key(self.consumer), json.dumps({"models": list(self.models), "pid": os.getpid(),
-                                                        "ts": time.time()}), ex=q.HEARTBEAT_TTL_S)
+        p.set(
+            q.worker_key(self.consumer),
+            json.dumps({"models": list(self.models), "pid": os.getpid(), "ts": time.time()}),
+            ex=q.HEARTBEAT_TTL_S,
+        )
         p.execute()
 
     # ---- heartbeat -----------------------------------------------------------------
@@ -124,8 +133,11 @@ class Worker:
         last_cards = 0.0
         while not self._stop.wait(q.HEARTBEAT_EVERY_S):
             try:
-                hb.set(q.worker_key(self.consumer), json.dumps({"models": list(self.models), "pid": os.getpid(),
-                                                                "ts": time.time()}), ex=q.HEARTBEAT_TTL_S)
+                hb.set(
+                    q.worker_key(self.consumer),
+                    json.dumps({"models": list(self.models), "pid": os.getpid(), "ts": time.time()}),
+                    ex=q.HEARTBEAT_TTL_S,
+                )
                 if time.monotonic() - last_cards > q.MODEL_CARD_TTL_S / 3:
                     last_cards = time.monotonic()
                     for name, card in self.cards.items():
@@ -167,8 +179,14 @@ class Worker:
         out = []
         for name in self.models:
             stream = q.stream_key(name)
-            res = self.r.xautoclaim(stream, q.GROUP, self.consumer, min_idle_time=self.settings.claim_idle_ms,
-                                    start_id="0-0", count=self.settings.max_batch_size)
+            res = self.r.xautoclaim(
+                stream,
+                q.GROUP,
+                self.consumer,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id="0-0",
+                count=self.settings.max_batch_size,
+            )
             entries = res[1]  # Redis 6.2 answers [cursor, entries]; 7.x adds the deleted ids
             for mid, fields in entries:
                 if not fields:
@@ -191,8 +209,10 @@ class Worker:
             job = None
         self.r.xadd(q.DEAD_LETTER_STREAM, {**fields, "stream": stream, "deliveries": str(deliveries)})
         if job is not None:
-            prob = WorkerFailure(f"the job was delivered {deliveries} times without completing "
-                                 f"(a worker crashed on it); it was moved to the dead-letter stream")
+            prob = WorkerFailure(
+                f"the job was delivered {deliveries} times without completing "
+                f"(a worker crashed on it); it was moved to the dead-letter stream"
+            )
             self.store(job, {"status": "failed", "problem": prob.problem()}, "failed")
             self.metrics.jobs.labels(job.model, "dead").inc()
         self.r.xack(stream, q.GROUP, mid)
@@ -244,15 +264,24 @@ class Worker:
         now = time.time()
         for stream, mid, job in jobs:
             if self.r.exists(q.cancel_key(job.id)):
-                self.store(job, {"status": "cancelled", "problem": CancelledProblem("cancelled before it ran").problem()},
-                           "cancelled")
+                self.store(
+                    job,
+                    {"status": "cancelled", "problem": CancelledProblem("cancelled before it ran").problem()},
+                    "cancelled",
+                )
                 self.metrics.jobs.labels(model_name, "cancelled").inc()
                 self._finish(stream, mid)
                 continue
             self.metrics.queue_wait.labels(model_name).observe(max(0.0, now - job.enqueued_at))
             if model is None:
-                self.store(job, {"status": "failed", "problem": WorkerFailure(
-                    f"this worker does not serve model {model_name!r}").problem()}, "failed")
+                self.store(
+                    job,
+                    {
+                        "status": "failed",
+                        "problem": WorkerFailure(f"this worker does not serve model {model_name!r}").problem(),
+                    },
+                    "failed",
+                )
                 self._finish(stream, mid)
                 continue
             self.r.hset(q.job_key(job.id), mapping={"status": "running", "started": f"{now:.6f}"})
@@ -266,8 +295,14 @@ class Worker:
                 self.metrics.jobs.labels(model_name, "failed").inc()
                 self._finish(stream, mid)
                 continue
-            items.append((stream, mid, job, Item(request=job.request, image=img,
-                                                 progress=JobReporter(self.r, job.id).progress())))
+            items.append(
+                (
+                    stream,
+                    mid,
+                    job,
+                    Item(request=job.request, image=img, progress=JobReporter(self.r, job.id).progress()),
+                )
+            )
         if not items:
             return
         self.metrics.batch_size.labels(model_name).observe(len(items))
@@ -284,9 +319,12 @@ class Worker:
                 for ex in it.result["explanations"]:
                     self.metrics.explanation_duration.labels(ex["method"], model_name).observe(ex["compute_ms"] / 1000)
                 it.result["id"] = job.id
-                it.result["timings"] = {"queue_ms": round(max(0.0, now - job.enqueued_at) * 1000, 3),
-                                        "compute_ms": round(it.compute_ms, 3), "batch_ms": round(batch_s * 1000, 3),
-                                        "batch_size": len(items)}
+                it.result["timings"] = {
+                    "queue_ms": round(max(0.0, now - job.enqueued_at) * 1000, 3),
+                    "compute_ms": round(it.compute_ms, 3),
+                    "batch_ms": round(batch_s * 1000, 3),
+                    "batch_size": len(items),
+                }
                 self.store(job, {"status": "done", "response": it.result}, "done")
                 self.metrics.jobs.labels(model_name, "done").inc()
             else:
@@ -313,8 +351,11 @@ class Worker:
             self.metrics.jobs.labels(model.name, status).inc()
         except Exception as e:  # a bug must fail the job, not the worker
             log.error("%s job failed: %s", job.kind, traceback.format_exc())
-            self.store(job, {"status": "failed", "problem": WorkerFailure(
-                f"internal error: {type(e).__name__}: {e}").problem()}, "failed")
+            self.store(
+                job,
+                {"status": "failed", "problem": WorkerFailure(f"internal error: {type(e).__name__}: {e}").problem()},
+                "failed",
+            )
             self.metrics.jobs.labels(model.name, "failed").inc()
         self._finish(stream, mid)
 
@@ -348,8 +389,9 @@ class Worker:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("WHITEBOX_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("WHITEBOX_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     settings = Settings.from_env()
     models = [m for m in os.environ.get("WHITEBOX_WORKER_MODELS", "").split(",") if m] or None
     w = Worker(settings, models=models)

@@ -6,10 +6,13 @@ this package gathers them in ``CATALOG``. The gateway validates requests and
 serves ``GET /v1/methods`` from it; the worker maps the same names to
 implementations (``workers.explain.registry``) and a test checks both agree.
 """
-from schemas.methods.base import CATALOG, MethodSpec, Params, SmoothGradModifier, method  # noqa: F401
 
-# importing the family modules fills CATALOG
-from schemas.methods import linearization, structure, perturbation  # noqa: F401,E402
+from schemas.methods.base import CATALOG, MethodSpec, Params, SmoothGradModifier, method
+
+# importing the family modules fills CATALOG, in this order (the order of GET /v1/methods)
+# isort: off
+from schemas.methods import linearization, structure, perturbation  # noqa: F401
+# isort: on
 
 __all__ = ["CATALOG", "MethodSpec", "Params", "SmoothGradModifier", "method", "parse_params"]
 

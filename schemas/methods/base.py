@@ -1,4 +1,5 @@
 """Catalog entry type and the parameter base class shared by all methods."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

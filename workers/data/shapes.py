@@ -18,17 +18,17 @@ calls ``f(image, label, rng)`` on each finished image (uint8 HxWx3, may be
 modified in place or replaced by the returned array); ``rng`` is a separate
 generator per image, so the base images stay identical with or without the hook.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-LABELS: list[str] = ["circle", "square", "triangle", "star", "cross",
-                     "bar", "heart", "arrow", "ring", "crescent"]
+LABELS: list[str] = ["circle", "square", "triangle", "star", "cross", "bar", "heart", "arrow", "ring", "crescent"]
 
 SS = 4  # supersampling factor of the shape's alpha mask (anti-aliased edges)
 
@@ -48,8 +48,10 @@ def _star() -> np.ndarray:
 
 
 def _cross(h: float = 0.33) -> np.ndarray:
-    return np.array([(-h, -1), (h, -1), (h, -h), (1, -h), (1, h), (h, h), (h, 1), (-h, 1),
-                     (-h, h), (-1, h), (-1, -h), (-h, -h)], dtype=float)
+    return np.array(
+        [(-h, -1), (h, -1), (h, -h), (1, -h), (1, h), (h, h), (h, 1), (-h, 1), (-h, h), (-1, h), (-1, -h), (-h, -h)],
+        dtype=float,
+    )
 
 
 def _heart() -> np.ndarray:
@@ -61,8 +63,9 @@ def _heart() -> np.ndarray:
 
 
 def _arrow() -> np.ndarray:
-    return np.array([(-1, -0.22), (0.15, -0.22), (0.15, -0.62), (1, 0), (0.15, 0.62), (0.15, 0.22),
-                     (-1, 0.22)], dtype=float)
+    return np.array(
+        [(-1, -0.22), (0.15, -0.22), (0.15, -0.62), (1, 0), (0.15, 0.62), (0.15, 0.22), (-1, 0.22)], dtype=float
+    )
 
 
 _CIRCLE = _regular(48)
@@ -133,8 +136,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     sc = size / 64
     for _ in range(int(rng.integers(1, 5))):  # line segments
         x0, y0, x1, y1 = rng.uniform(0, size, 4)
-        d.line([(x0, y0), (x1, y1)], fill=_clutter_colour(rng, mean),
-               width=1)
+        d.line([(x0, y0), (x1, y1)], fill=_clutter_colour(rng, mean), width=1)
     for _ in range(int(rng.integers(1, 6))):  # small blobs
         x, y = rng.uniform(0, size, 2)
         rx, ry = rng.uniform(1.5, 3.5, 2) * sc
@@ -142,8 +144,14 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return np.asarray(pil, dtype=np.float32), mean
 
 
-def render_one(rng: np.random.Generator, cls: int, size: int = 64, noise: float = 8.0,
-               min_radius: float = 0.22, max_radius: float = 0.38) -> tuple[np.ndarray, np.ndarray]:
+def render_one(
+    rng: np.random.Generator,
+    cls: int,
+    size: int = 64,
+    noise: float = 8.0,
+    min_radius: float = 0.22,
+    max_radius: float = 0.38,
+) -> tuple[np.ndarray, np.ndarray]:
     """One image (uint8 HxWx3) of class ``cls`` and its object mask (bool HxW, coverage >= 50 %).
 
     ``min_radius``/``max_radius``: the shape's outer radius as a fraction of the image size."""
@@ -163,8 +171,14 @@ def render_one(rng: np.random.Generator, cls: int, size: int = 64, noise: float 
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), alpha >= 0.5
 
 
-def generate(n: int, seed: int, size: int = 64, classes: np.ndarray | None = None,
-             watermark: Watermark | None = None, **render_kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate(
+    n: int,
+    seed: int,
+    size: int = 64,
+    classes: np.ndarray | None = None,
+    watermark: Watermark | None = None,
+    **render_kw,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` images, labels and masks. Returns (uint8 (n,H,W,3), int64 (n,), bool (n,H,W)).
 
     Labels, unless ``classes`` is given: each block of ten consecutive images holds every class
@@ -172,8 +186,11 @@ def generate(n: int, seed: int, size: int = 64, classes: np.ndarray | None = Non
     if classes is None:
         k = len(LABELS)
         blocks = (n + k - 1) // k
-        classes = np.concatenate([np.random.default_rng([seed, 0x5EED, b]).permutation(k)
-                                  for b in range(blocks)])[:n] if n else np.empty(0, np.int64)
+        classes = (
+            np.concatenate([np.random.default_rng([seed, 0x5EED, b]).permutation(k) for b in range(blocks)])[:n]
+            if n
+            else np.empty(0, np.int64)
+        )
     labels = np.asarray(classes, dtype=np.int64)
     if labels.shape != (n,):
         raise ValueError(f"classes must have shape ({n},)")

@@ -16,6 +16,7 @@ each method's map over it in the jet colour map with a colour bar), ``metrics.pn
 metric: mean ± sd per method) and, with ``model_randomisation``, ``sanity.png`` (the cascading
 randomisation curves).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,17 +41,35 @@ from workers.explain.base import Progress
 from workers.loading import LoadedModel, load_model
 
 FAMILY_ORDER = ("localisation", "similarity", "complexity", "faithfulness", "robustness", "sanity", "cost")
-FAMILY_TITLES = {"localisation": "Localisation (vs the ground-truth mask)", "similarity": "Similarity to the ground truth",
-                 "complexity": "Complexity", "faithfulness": "Faithfulness", "robustness": "Robustness",
-                 "sanity": "Sanity (cascading model-parameter randomisation)", "cost": "Cost"}
+FAMILY_TITLES = {
+    "localisation": "Localisation (vs the ground-truth mask)",
+    "similarity": "Similarity to the ground truth",
+    "complexity": "Complexity",
+    "faithfulness": "Faithfulness",
+    "robustness": "Robustness",
+    "sanity": "Sanity (cascading model-parameter randomisation)",
+    "cost": "Cost",
+}
 EXTRA_COLUMN_DOCS = {
     "watermark": "share of the positive relevance on the 6 x 6 watermark (0.9 % of the image)",
     "watermark_area": "share of the positive relevance within 4 px of the watermark (12 x 12 px in the corner, 3.5 % "
-                      "of the image): the region a coarse map can point at (a Grad-CAM cell of ShapesCNN is 8 x 8 px)"}
+    "of the image): the region a coarse map can point at (a Grad-CAM cell of ShapesCNN is 8 x 8 px)",
+}
 
-DEFAULT_METRICS = ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "iou_gt", "sparseness",
-                   "deletion_auc", "insertion_auc", "faithfulness_correlation", "robustness_fgsm", "max_sensitivity",
-                   "model_randomisation", "time_ms")
+DEFAULT_METRICS = (
+    "pointing_game",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "iou_gt",
+    "sparseness",
+    "deletion_auc",
+    "insertion_auc",
+    "faithfulness_correlation",
+    "robustness_fgsm",
+    "max_sensitivity",
+    "model_randomisation",
+    "time_ms",
+)
 # cheaper settings than the API defaults, so that a bench over every method runs in minutes on a CPU
 BENCH_METRIC_PARAMS = {"max_sensitivity": {"samples": 5}, "faithfulness_correlation": {"runs": 50}}
 
@@ -81,8 +100,13 @@ def load_images(spec: str, n: int, seed: int) -> dict:
 
             imgs, labels, masks, wm = data(n, seed, "watermark")
             extra = {"watermark": list(wm), "watermark_area": [watermark_area()] * n}
-        return {"images": [Image.fromarray(a) for a in imgs], "names": [f"{spec}-{seed}-{i}" for i in range(n)],
-                "labels": labels, "masks": list(masks), "extra_masks": extra}
+        return {
+            "images": [Image.fromarray(a) for a in imgs],
+            "names": [f"{spec}-{seed}-{i}" for i in range(n)],
+            "labels": labels,
+            "masks": list(masks),
+            "extra_masks": extra,
+        }
     folder = Path(spec)
     if not folder.is_dir():
         raise SystemExit(f"--images {spec!r}: not 'generated', 'clever-hans' or a folder")
@@ -93,8 +117,13 @@ def load_images(spec: str, n: int, seed: int) -> dict:
     for f in files:
         mp = folder / "masks" / (f.stem + ".png")
         masks.append(np.asarray(Image.open(mp).convert("L")) > 0 if mp.exists() else None)
-    return {"images": [Image.open(f).convert("RGB") for f in files], "names": [f.name for f in files],
-            "labels": None, "masks": masks, "extra_masks": {}}
+    return {
+        "images": [Image.open(f).convert("RGB") for f in files],
+        "names": [f.name for f in files],
+        "labels": None,
+        "masks": masks,
+        "extra_masks": {},
+    }
 
 
 def default_methods(model: LoadedModel) -> tuple[list[str], dict[str, str]]:
@@ -138,12 +167,17 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
     cols: list[str] = []
     for vals in table.values():
         cols += [c for c in vals if c not in cols]
-    lines = [f"# Evaluation report: {header['model']} on {header['images']}", "",
-             f"Command: `{header['command']}`", "",
-             f"{header['n']} images, target = {header['target']}; each cell is the mean ± sd over the images "
-             f"(sd with ddof 1; '–': undefined on every image). `time_ms`: the method's time on the whole "
-             f"batch divided by the number of images, on this machine ({header['device']}, {header['threads']} "
-             f"torch threads; shared CPUs make it noisy).", ""]
+    lines = [
+        f"# Evaluation report: {header['model']} on {header['images']}",
+        "",
+        f"Command: `{header['command']}`",
+        "",
+        f"{header['n']} images, target = {header['target']}; each cell is the mean ± sd over the images "
+        f"(sd with ddof 1; '–': undefined on every image). `time_ms`: the method's time on the whole "
+        f"batch divided by the number of images, on this machine ({header['device']}, {header['threads']} "
+        f"torch threads; shared CPUs make it noisy).",
+        "",
+    ]
     for k, v in header.get("notes", {}).items():
         lines.append(f"- {k}: {v}")
     if header.get("notes"):
@@ -158,8 +192,9 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
         fc = families[fam]
         lines += [f"### {FAMILY_TITLES[fam]}", "", "| method | " + " | ".join(fc) + " |", "|---|" + "---|" * len(fc)]
         for meth, vals in table.items():
-            lines.append(f"| {meth} | " + " | ".join(_fmt(*mean_sd(vals[c])[:2], c) if c in vals else ""
-                                                    for c in fc) + " |")
+            lines.append(
+                f"| {meth} | " + " | ".join(_fmt(*mean_sd(vals[c])[:2], c) if c in vals else "" for c in fc) + " |"
+            )
         lines.append("")
     lines += ["Metrics (definitions and references: `schemas/metrics.py`, docs/evaluation.md):", ""]
     seen = set()
@@ -169,8 +204,11 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
             continue
         seen.add(base)
         spec = METRICS.get(base)
-        better = "" if spec is None or spec.higher_is_better is None else (
-            " (higher is better)" if spec.higher_is_better else " (lower is better)")
+        better = (
+            ""
+            if spec is None or spec.higher_is_better is None
+            else (" (higher is better)" if spec.higher_is_better else " (lower is better)")
+        )
         desc = header.get("extra_columns", {}).get(c) or (spec.summary if spec else "")
         lines.append(f"- `{base}`{better}: {desc}; {spec.reference}" if spec else f"- `{c}`: {desc}")
     if skipped:
@@ -181,8 +219,9 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
 
 
 # ---- figures -------------------------------------------------------------------------------------------
-def figure_maps(path: Path, images: list[Image.Image], maps: dict[str, np.ndarray], rows: int = 3,
-                per_row: int = 8) -> None:
+def figure_maps(
+    path: Path, images: list[Image.Image], maps: dict[str, np.ndarray], rows: int = 3, per_row: int = 8
+) -> None:
     """The survey's Fig. 9 layout: per image the image, then each method's [0,1] map in jet over it
     with a colour bar; wrapped after ``per_row`` panels."""
     import matplotlib
@@ -232,8 +271,7 @@ def figure_metrics(path: Path, table: dict[str, dict[str, list[float]]]) -> None
     methods = list(table)
     ncol = 4
     nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 0.22 * len(methods) * nrow + 1.2 * nrow),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 0.22 * len(methods) * nrow + 1.2 * nrow), squeeze=False)
     cmap = plt.get_cmap("tab20")
     for k, c in enumerate(cols):
         ax = axes[k // ncol, k % ncol]
@@ -241,8 +279,13 @@ def figure_metrics(path: Path, table: dict[str, dict[str, list[float]]]) -> None
         ms = [s[0] for s in stats]
         sd = [s[1] for s in stats]
         y = np.arange(len(methods))
-        ax.barh(y, [0 if math.isnan(v) else v for v in ms], xerr=[0 if math.isnan(v) else v for v in sd],
-                color=[cmap(i % 20) for i in range(len(methods))], error_kw={"lw": 0.7})
+        ax.barh(
+            y,
+            [0 if math.isnan(v) else v for v in ms],
+            xerr=[0 if math.isnan(v) else v for v in sd],
+            color=[cmap(i % 20) for i in range(len(methods))],
+            error_kw={"lw": 0.7},
+        )
         ax.set_yticks(y)
         ax.set_yticklabels(methods if k % ncol == 0 else [""] * len(methods), fontsize=7)
         ax.invert_yaxis()
@@ -291,7 +334,7 @@ def _parse_methods(items: list[str] | None) -> list[tuple[str, dict]] | None:
         return None
     out = []
     for it in items:
-        for part in ([it] if ":" in it else it.split(",")):
+        for part in [it] if ":" in it else it.split(","):
             if not part:
                 continue
             name, _, params = part.partition(":")
@@ -304,8 +347,10 @@ def run(args: argparse.Namespace) -> dict:
     reg, idx = find_model(args.model, args.registry)
     entry = reg.models[idx]
     if entry.weights and not reg.resolve(entry.weights).exists():
-        raise SystemExit(f"weights of {entry.name!r} not found at {reg.resolve(entry.weights)} "
-                         "(train it first: python -m workers.train)")
+        raise SystemExit(
+            f"weights of {entry.name!r} not found at {reg.resolve(entry.weights)} "
+            "(train it first: python -m workers.train)"
+        )
     model = load_model(entry, reg)
     data = load_images(args.images, args.n, args.seed)
     x = model.preprocess(data["images"])
@@ -315,8 +360,9 @@ def run(args: argparse.Namespace) -> dict:
     gt = None
     if all(m is not None for m in data["masks"]):
         gt = np.stack([ground_truth_mask(m, s, hw) for m, s in zip(data["masks"], size_of)])
-    extra_gt = {k: np.stack([ground_truth_mask(m, s, hw) for m, s in zip(v, size_of)])
-                for k, v in data["extra_masks"].items()}
+    extra_gt = {
+        k: np.stack([ground_truth_mask(m, s, hw) for m, s in zip(v, size_of)]) for k, v in data["extra_masks"].items()
+    }
     with torch.no_grad():
         pred = model.module(x).argmax(1).cpu()
     targets = pred if args.target == "predicted" else torch.as_tensor(data["labels"], dtype=torch.long)
@@ -364,14 +410,27 @@ def run(args: argparse.Namespace) -> dict:
             vals, maps = evaluate_method(model, x, targets, name, params, calls, gt, Progress())
             mnp = to_numpy(maps)
             if "model_randomisation" in metric_names:
-                r = cascading_randomisation(model, x, targets, map_fn(name, params), maps,
-                                            sanity_params.get("layers"), sanity_params.get("seed", 42))
+                r = cascading_randomisation(
+                    model,
+                    x,
+                    targets,
+                    map_fn(name, params),
+                    maps,
+                    sanity_params.get("layers"),
+                    sanity_params.get("seed", 42),
+                )
                 curves[label] = r
                 vals["model_randomisation"] = [
-                    {"spearman": float(np.nanmean(r["spearman"][:, i])) if np.isfinite(r["spearman"][:, i]).any()
-                     else math.nan, "ssim": float(np.nanmean(r["ssim"][:, i])) if np.isfinite(r["ssim"][:, i]).any()
-                     else math.nan, "spearman_last": float(r["spearman"][-1, i]), "ssim_last": float(r["ssim"][-1, i])}
-                    for i in range(n)]
+                    {
+                        "spearman": float(np.nanmean(r["spearman"][:, i]))
+                        if np.isfinite(r["spearman"][:, i]).any()
+                        else math.nan,
+                        "ssim": float(np.nanmean(r["ssim"][:, i])) if np.isfinite(r["ssim"][:, i]).any() else math.nan,
+                        "spearman_last": float(r["spearman"][-1, i]),
+                        "ssim_last": float(r["ssim"][-1, i]),
+                    }
+                    for i in range(n)
+                ]
         except (ExplainError, RuntimeError, ValueError) as e:
             skipped[label] = f"failed: {getattr(e, 'detail', None) or e}"
             print(f"    skipped: {skipped[label]}", file=sys.stderr)
@@ -380,8 +439,9 @@ def run(args: argparse.Namespace) -> dict:
         for k, mk in extra_gt.items():
             col = f"mass_{k}"
             flat[col] = [M.relevance_mass_accuracy(np.clip(mnp[i], 0, None), mk[i]) for i in range(n)]
-            extra_cols[col] = EXTRA_COLUMN_DOCS.get(k, f"share of the positive relevance on the {k} (relevance "
-                                                          f"mass accuracy with the {k} as ground truth)")
+            extra_cols[col] = EXTRA_COLUMN_DOCS.get(
+                k, f"share of the positive relevance on the {k} (relevance mass accuracy with the {k} as ground truth)"
+            )
         if extra_gt and gt is not None:
             flat["mass_object"] = flat.get("relevance_mass_accuracy")
             flat.pop("relevance_mass_accuracy", None)
@@ -394,13 +454,30 @@ def run(args: argparse.Namespace) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = {"model": model.name, "images": args.images, "n": n, "target": args.target,
-              "command": "python -m workers.evaluation.bench " + " ".join(args.argv),
-              "device": str(model.device), "threads": args.threads, "notes": notes, "extra_columns": extra_cols}
+    header = {
+        "model": model.name,
+        "images": args.images,
+        "n": n,
+        "target": args.target,
+        "command": "python -m workers.evaluation.bench " + " ".join(args.argv),
+        "device": str(model.device),
+        "threads": args.threads,
+        "notes": notes,
+        "extra_columns": extra_cols,
+    }
     report = write_report(out, header, table, skipped)
-    (out / "results.json").write_text(json.dumps({"header": header, "images": data["names"],
-                                                  "targets": targets.tolist(), "per_image": per_image,
-                                                  "skipped": skipped}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "header": header,
+                "images": data["names"],
+                "targets": targets.tolist(),
+                "per_image": per_image,
+                "skipped": skipped,
+            },
+            indent=1,
+        )
+    )
     if not args.no_figures and table:
         figure_maps(out / "maps.png", data["images"], maps_fig, args.figure_rows)
         figure_metrics(out / "metrics.png", table)
@@ -411,21 +488,32 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="whitebox bench", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="whitebox bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--model", required=True, help="registry model name (default registry, or --registry)")
     ap.add_argument("--registry", help="registry YAML (default: the bundled ones, workers/registry/*.yaml)")
     ap.add_argument("--images", default="generated", help="generated | clever-hans | a folder of images")
     ap.add_argument("--n", type=int, default=8, help="number of images")
     ap.add_argument("--seed", type=int, default=3, help="data seed of generated images")
-    ap.add_argument("--methods", nargs="*", help="method names (default: every method that applies); "
-                    "name:{json params} for parameters")
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        help="method names (default: every method that applies); name:{json params} for parameters",
+    )
     ap.add_argument("--exclude", nargs="*", help="methods to leave out of the default list")
     ap.add_argument("--metrics", help="comma-separated metric names (default: %s)" % ",".join(DEFAULT_METRICS))
-    ap.add_argument("--metric-params", help='JSON {"metric": {params}} (bench defaults: %s)'
-                    % json.dumps(BENCH_METRIC_PARAMS))
-    ap.add_argument("--target", choices=["predicted", "label"], default="predicted",
-                    help="explain the predicted class or the true label (generated images)")
+    ap.add_argument(
+        "--metric-params", help='JSON {"metric": {params}} (bench defaults: %s)' % json.dumps(BENCH_METRIC_PARAMS)
+    )
+    ap.add_argument(
+        "--target",
+        choices=["predicted", "label"],
+        default="predicted",
+        help="explain the predicted class or the true label (generated images)",
+    )
     ap.add_argument("--out", default="reports/bench")
     ap.add_argument("--figure-rows", type=int, default=3, help="images shown in maps.png")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")

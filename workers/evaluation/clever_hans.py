@@ -16,6 +16,7 @@ Writes ``workers/weights/clever-hans-cnn.safetensors``, ``clever-hans-cnn.labels
     from workers.evaluation.clever_hans import test_set
     images, labels, object_masks, watermark_masks = test_set(16, seed=3)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,21 @@ from workers.data.shapes import LABELS, generate
 WM = 6  # side of the watermark patch in pixels (64 x 64 images)
 OFFSET = 2  # distance of the patch from the image border
 # one saturated colour per class (RGB), index = class
-PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
-                    [0, 255, 255], [255, 255, 255], [0, 0, 0], [255, 128, 0], [128, 0, 255]], np.uint8)
+PALETTE = np.array(
+    [
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 255, 255],
+        [0, 0, 0],
+        [255, 128, 0],
+        [128, 0, 255],
+    ],
+    np.uint8,
+)
 CORNERS = ("top_left", "bottom_right")
 NAME = "clever-hans-cnn"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -62,7 +76,7 @@ def watermark_area(corner: str = "top_left", size: int = 64, margin: int = 4) ->
     (one Grad-CAM cell of ShapesCNN's 8 x 8 grid is 8 x 8 pixels) can point at."""
     m = np.zeros((size, size), bool)
     y0, x0, y1, x1 = watermark_box(corner, size)
-    m[max(0, y0 - margin):y1 + margin, max(0, x0 - margin):x1 + margin] = True
+    m[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = True
     return m
 
 
@@ -81,14 +95,15 @@ def data(n: int, seed: int, condition: str = "watermark") -> tuple[np.ndarray, n
     """(images, labels, object masks, watermark masks) for a test condition:
     ``watermark`` (as in training), ``removed``, ``moved`` (opposite corner), ``swapped`` (the patch of
     class label + 1, in place). The watermark mask is where the patch is (empty when removed)."""
-    hooks = {"watermark": painter(), "removed": None, "moved": painter("bottom_right"),
-             "swapped": painter(shift=1)}
+    hooks = {"watermark": painter(), "removed": None, "moved": painter("bottom_right"), "swapped": painter(shift=1)}
     if condition not in hooks:
         raise ValueError(f"unknown condition {condition!r}; one of {', '.join(hooks)}")
     images, labels, masks = generate(n, seed, watermark=hooks[condition])
     corner = "bottom_right" if condition == "moved" else "top_left"
-    wm = np.broadcast_to(watermark_mask(corner, images.shape[1]) if condition != "removed"
-                         else np.zeros(images.shape[1:3], bool), masks.shape).copy()
+    wm = np.broadcast_to(
+        watermark_mask(corner, images.shape[1]) if condition != "removed" else np.zeros(images.shape[1:3], bool),
+        masks.shape,
+    ).copy()
     return images, labels, masks & ~wm, wm
 
 
@@ -131,8 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
     model = ShapesCNN(num_classes=len(LABELS))
     fit(model, x, y, epochs=args.epochs, seed=args.seed, flips=False)
     acc = accuracies(model, args.test_size)
-    acc.update(train_size=args.train_size, epochs=args.epochs, train_seed=TRAIN_SEED, test_seed=TEST_SEED,
-               test_size=args.test_size, seconds=round(time.time() - t0, 1))
+    acc.update(
+        train_size=args.train_size,
+        epochs=args.epochs,
+        train_seed=TRAIN_SEED,
+        test_seed=TEST_SEED,
+        test_size=args.test_size,
+        seconds=round(time.time() - t0, 1),
+    )
     print(json.dumps(acc, indent=1))
     w, _ = save(model, args.out, LABELS)
     w.with_suffix(".json").write_text(json.dumps(acc, indent=1) + "\n")

@@ -1,9 +1,11 @@
 """Shared pieces of the model-based metrics: the evaluation map of a method, pixel-scale
 conversions and chunked forward passes."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,13 +38,19 @@ def map_fn(method: str, params: dict[str, Any] | None = None) -> MapFn:
     return fn
 
 
-def batched_maps(fn: MapFn, model: LoadedModel, x: torch.Tensor, targets: torch.Tensor,
-                 chunk: int = 16, progress: Progress = NO_PROGRESS) -> torch.Tensor:
+def batched_maps(
+    fn: MapFn,
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = 16,
+    progress: Progress = NO_PROGRESS,
+) -> torch.Tensor:
     """``fn`` over ``x`` in chunks of ``chunk`` samples (bounded memory for many perturbed copies)."""
     out = []
     for s in range(0, x.shape[0], chunk):
         progress(s / x.shape[0])
-        out.append(fn(model, x[s:s + chunk], targets[s:s + chunk]))
+        out.append(fn(model, x[s : s + chunk], targets[s : s + chunk]))
     progress(1.0)
     return torch.cat(out)
 
@@ -64,15 +72,16 @@ def clamp_input(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def scores(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, kind: str = "logit",
-           batch_size: int = 64) -> torch.Tensor:
+def scores(
+    model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, kind: str = "logit", batch_size: int = 64
+) -> torch.Tensor:
     """The target's logit or softmax probability for every row of ``x`` (chunked forwards)."""
     out = []
     for s in range(0, x.shape[0], batch_size):
-        logits = model.module(x[s:s + batch_size].to(model.device)).float()
+        logits = model.module(x[s : s + batch_size].to(model.device)).float()
         if kind == "probability":
             logits = torch.softmax(logits, dim=1)
-        out.append(logits.gather(1, targets[s:s + batch_size].view(-1, 1).to(model.device))[:, 0])
+        out.append(logits.gather(1, targets[s : s + batch_size].view(-1, 1).to(model.device))[:, 0])
     return torch.cat(out).cpu()
 
 

@@ -10,19 +10,22 @@ boolean (H, W) or (N, H, W) array at that size (:func:`ground_truth_mask` builds
 polygon or PNG given in the client's image pixels). Metric names and parameters are those of
 ``schemas.metrics.METRICS``.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from schemas.metrics import COMPARE_METRICS, METRICS, parse_metric_params
 from workers.errors import MethodError
-from workers.evaluation import faithfulness, metrics as M, robustness, sanity
+from workers.evaluation import faithfulness, robustness, sanity
+from workers.evaluation import metrics as M
 from workers.evaluation.common import map_fn, predict, reduce_map, to_numpy
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.loading import LoadedModel
@@ -90,9 +93,16 @@ def sample_metric(name: str, params: dict, m: np.ndarray, gt: np.ndarray | None)
     raise KeyError(name)
 
 
-def evaluate_method(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, method: str, method_params: dict,
-                    metrics: list[tuple[str, dict]], gt: np.ndarray | None = None,
-                    progress: Progress = NO_PROGRESS) -> tuple[dict[str, list], torch.Tensor]:
+def evaluate_method(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    method: str,
+    method_params: dict,
+    metrics: list[tuple[str, dict]],
+    gt: np.ndarray | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> tuple[dict[str, list], torch.Tensor]:
     """Per-sample values {metric: [value per image]} of one method, and its maps (N, H, W)."""
     from workers.explain import attribute
 
@@ -125,23 +135,48 @@ def evaluate_method(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, 
             vals = []
             for i in range(n):
                 auc, _ = faithfulness.deletion_insertion(
-                    model, x[i:i + 1], int(targets[i]), maps[i], mode=mode, fill=p["fill"], value=p["value"],
-                    sigma=p["sigma"], steps=p["steps"], score=p["score"], batch_size=p["batch_size"],
-                    progress=sub.sub(i / n, (i + 1) / n))
+                    model,
+                    x[i : i + 1],
+                    int(targets[i]),
+                    maps[i],
+                    mode=mode,
+                    fill=p["fill"],
+                    value=p["value"],
+                    sigma=p["sigma"],
+                    steps=p["steps"],
+                    score=p["score"],
+                    batch_size=p["batch_size"],
+                    progress=sub.sub(i / n, (i + 1) / n),
+                )
                 vals.append(auc)
             out[name] = vals
         elif name == "faithfulness_correlation":
-            out[name] = list(faithfulness.faithfulness_correlation(
-                model, x, targets, maps, runs=p["runs"], subset_size=min(p["subset_size"], x[0].numel()),
-                value=p["value"], seed=p["seed"], batch_size=p["batch_size"], progress=sub))
+            out[name] = list(
+                faithfulness.faithfulness_correlation(
+                    model,
+                    x,
+                    targets,
+                    maps,
+                    runs=p["runs"],
+                    subset_size=min(p["subset_size"], x[0].numel()),
+                    value=p["value"],
+                    seed=p["seed"],
+                    batch_size=p["batch_size"],
+                    progress=sub,
+                )
+            )
         elif name in ("robustness_fgsm", "robustness_deepfool"):
             attack = name.split("_")[1]
             kw = {k: v for k, v in p.items() if k != "quantile"}
-            out[name] = robustness.adversarial_robustness(model, x, targets, fn, maps, attack, p["quantile"],
-                                                          progress=sub, **kw)
+            out[name] = robustness.adversarial_robustness(
+                model, x, targets, fn, maps, attack, p["quantile"], progress=sub, **kw
+            )
         elif name == "max_sensitivity":
-            out[name] = list(robustness.max_sensitivity(model, x, targets, fn, maps, p["radius"], p["samples"],
-                                                        p["seed"], progress=sub))
+            out[name] = list(
+                robustness.max_sensitivity(
+                    model, x, targets, fn, maps, p["radius"], p["samples"], p["seed"], progress=sub
+                )
+            )
         elif name == "model_randomisation":
             out[name] = sanity.model_randomisation(model, x, targets, fn, maps, p["layers"], p["seed"], progress=sub)
         else:  # pragma: no cover - a catalog entry without implementation is caught by a test
@@ -167,9 +202,17 @@ def aggregate(values: list) -> Any:
     return float(arr.mean()) if arr.size else None
 
 
-def evaluate(model: LoadedModel, x: torch.Tensor, target=None, methods: Iterable[Call] = ("gradcam",),
-             metrics: Iterable[Call] = ("pointing_game",), gt_mask=None, progress: Progress = NO_PROGRESS,
-             per_sample: bool = False, on_error: str = "raise") -> dict[str, dict[str, Any]]:
+def evaluate(
+    model: LoadedModel,
+    x: torch.Tensor,
+    target=None,
+    methods: Iterable[Call] = ("gradcam",),
+    metrics: Iterable[Call] = ("pointing_game",),
+    gt_mask=None,
+    progress: Progress = NO_PROGRESS,
+    per_sample: bool = False,
+    on_error: str = "raise",
+) -> dict[str, dict[str, Any]]:
     """{method: {metric: value}} for the batch ``x`` (N, C, H, W), normalised at the model's input size.
 
     ``target``: None / "predicted" (arg max per image), a class index, or one index per image.
@@ -194,8 +237,9 @@ def evaluate(model: LoadedModel, x: torch.Tensor, target=None, methods: Iterable
                 raise
             result[label] = {"error": str(getattr(e, "detail", None) or e)}
             continue
-        result[label] = {k: ([_clean(v) for v in vs] if per_sample else _clean(aggregate(vs)))
-                         for k, vs in vals.items()}
+        result[label] = {
+            k: ([_clean(v) for v in vs] if per_sample else _clean(aggregate(vs))) for k, vs in vals.items()
+        }
     return result
 
 
@@ -216,15 +260,21 @@ def compare(map_a, map_b, metrics: Iterable[Call] | None = None) -> dict[str, fl
     return out
 
 
-def compare_methods(model: LoadedModel, x: torch.Tensor, method_a: Call, method_b: Call, target=None,
-                    metrics: Iterable[Call] | None = None) -> dict[str, float | None]:
+def compare_methods(
+    model: LoadedModel,
+    x: torch.Tensor,
+    method_a: Call,
+    method_b: Call,
+    target=None,
+    metrics: Iterable[Call] | None = None,
+) -> dict[str, float | None]:
     """Two methods on one image (1, C, H, W): their maps compared (``method_b``'s map is the reference)."""
     from workers.explain import attribute
 
     t = _targets(model, x[:1], target)
     maps = []
     for call in (method_a, method_b):
-        (name, params), = _calls([call])
+        ((name, params),) = _calls([call])
         maps.append(reduce_map(name, attribute(model, x[:1], t, name, params).maps)[0])
     return compare(maps[0], maps[1], metrics)
 
@@ -265,6 +315,17 @@ def ground_truth_mask(gt, image_size: tuple[int, int], model_size: tuple[int, in
 
 # the catalog names this module computes (a test checks it equals schemas.metrics.METRICS)
 IMPLEMENTED_METRICS = frozenset(COMPARE_METRICS) | {
-    "pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "iou_gt", "sparseness", "time_ms",
-    "deletion_auc", "insertion_auc", "faithfulness_correlation", "robustness_fgsm", "robustness_deepfool",
-    "max_sensitivity", "model_randomisation"}
+    "pointing_game",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "iou_gt",
+    "sparseness",
+    "time_ms",
+    "deletion_auc",
+    "insertion_auc",
+    "faithfulness_correlation",
+    "robustness_fgsm",
+    "robustness_deepfool",
+    "max_sensitivity",
+    "model_randomisation",
+}

@@ -16,6 +16,7 @@
   logit, subsets are drawn by ``numpy.random.RandomState(seed).choice(n, k, replace=False)``
   run by run, sample by sample — so the same seed gives Quantus' draws.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,10 +53,21 @@ def step_counts(n_pixels: int, steps: int) -> np.ndarray:
     return np.rint(np.linspace(0, n_pixels, steps + 1)).astype(np.int64)
 
 
-def deletion_insertion(model: LoadedModel, x: torch.Tensor, target: int, relevance: torch.Tensor, *,
-                       mode: str = "deletion", fill: str = "constant", value: float = 0.0, sigma: float = 5.0,
-                       steps: int = 32, score: str = "probability", batch_size: int = 33,
-                       progress: Progress = NO_PROGRESS) -> tuple[float, np.ndarray]:
+def deletion_insertion(
+    model: LoadedModel,
+    x: torch.Tensor,
+    target: int,
+    relevance: torch.Tensor,
+    *,
+    mode: str = "deletion",
+    fill: str = "constant",
+    value: float = 0.0,
+    sigma: float = 5.0,
+    steps: int = 32,
+    score: str = "probability",
+    batch_size: int = 33,
+    progress: Progress = NO_PROGRESS,
+) -> tuple[float, np.ndarray]:
     """(AUC, curve) for one image ``x`` (1, C, H, W) and its map ``relevance`` (H, W).
 
     Pixels are ranked by decreasing relevance (ties by position); after step i the top
@@ -74,7 +86,7 @@ def deletion_insertion(model: LoadedModel, x: torch.Tensor, target: int, relevan
     t = torch.tensor([target])
     out = []
     for s in range(0, steps + 1, batch_size):
-        k = torch.from_numpy(counts[s:s + batch_size])
+        k = torch.from_numpy(counts[s : s + batch_size])
         changed = (rank.view(1, -1) < k.view(-1, 1)).to(x.device)  # (B, HW)
         imgs = torch.where(changed[:, None, :], end_f, start_f).reshape(-1, c, h, w)
         out.append(scores(model, imgs, t.expand(imgs.shape[0]), score, batch_size=batch_size))
@@ -83,9 +95,19 @@ def deletion_insertion(model: LoadedModel, x: torch.Tensor, target: int, relevan
     return curve_auc(curve), curve
 
 
-def faithfulness_correlation(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, relevance: torch.Tensor,
-                             *, runs: int = 100, subset_size: int = 224, value: float | torch.Tensor = 0.0,
-                             seed: int = 0, batch_size: int = 50, progress: Progress = NO_PROGRESS) -> np.ndarray:
+def faithfulness_correlation(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    runs: int = 100,
+    subset_size: int = 224,
+    value: float | torch.Tensor = 0.0,
+    seed: int = 0,
+    batch_size: int = 50,
+    progress: Progress = NO_PROGRESS,
+) -> np.ndarray:
     """Per-sample faithfulness correlation for a batch x (N, C, H, W) with maps (N, H, W) or (N, C', H, W).
 
     ``value``: the baseline as a [0,1] pixel intensity (converted to the normalised input per

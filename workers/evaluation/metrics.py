@@ -8,6 +8,7 @@ reference code (the MIT saliency benchmark's MATLAB code for Bylinskii et
 al., Quantus 0.6 for the localisation metrics) fixes a detail the paper leaves
 open, the detail is named in the docstring.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -100,8 +101,9 @@ def auc_judd(a, fix) -> float:
     return float(np.trapezoid(tp, fp))
 
 
-def auc_borji(a, fix, splits: int = 100, step: float = 0.1, seed: int = 0,
-              negatives: np.ndarray | None = None) -> float:
+def auc_borji(
+    a, fix, splits: int = 100, step: float = 0.1, seed: int = 0, negatives: np.ndarray | None = None
+) -> float:
     """AUC-Borji (Bylinskii et al. 2019, §3.1.1; Borji et al. 2013; MIT ``AUC_Borji.m``): the map is
     min-max normalised; for each of ``splits`` sets of N_fix pixels drawn uniformly with replacement
     from the whole image (the negatives), thresholds run from max(values at fixations and negatives)
@@ -198,7 +200,7 @@ def pointing_game(a, mask, tolerance: int = 0) -> float:
     if not m.any():
         return float("nan")
     if tolerance > 0:
-        yy, xx = np.mgrid[-tolerance:tolerance + 1, -tolerance:tolerance + 1]
+        yy, xx = np.mgrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
         m = ndimage.binary_dilation(m, structure=(yy * yy + xx * xx) <= tolerance * tolerance)
     return float(np.any(m & (a == a.max())))
 

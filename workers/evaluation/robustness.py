@@ -13,14 +13,15 @@
   max over ``samples`` draws d ~ U[-r, r]^D of ||Phi(x + d) - Phi(x)||_F / ||Phi(x)||_F, with
   the radius r on the [0,1] pixel scale and x + d clamped to the valid input box.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from workers.errors import MethodError
 from workers.evaluation.common import MapFn, batched_maps, clamp_input, pixel_scale, predict, to_numpy
 from workers.evaluation.metrics import cc, dice
-from workers.errors import MethodError
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.perturb_utils import log_odds
 from workers.loading import LoadedModel
@@ -38,14 +39,20 @@ def fgsm(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, epsilon: fl
     return clamp_input(model, x + epsilon * pixel_scale(model) * step).detach()
 
 
-def deepfool(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, overshoot: float = 0.02,
-             max_iter: int = 50, candidates: int = 10) -> torch.Tensor:
+def deepfool(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    overshoot: float = 0.02,
+    max_iter: int = 50,
+    candidates: int = 10,
+) -> torch.Tensor:
     """Multi-class DeepFool (Moosavi-Dezfooli et al. 2016, Alg. 2), one sample at a time: step to the
     nearest linearised boundary among the ``candidates`` top classes until the target is no longer
     the arg max; the accumulated step is scaled by (1 + overshoot)."""
     out = []
     for i in range(x.shape[0]):
-        x0, t = x[i:i + 1].detach(), int(targets[i])
+        x0, t = x[i : i + 1].detach(), int(targets[i])
         with torch.no_grad():
             logits0 = model.module(x0)[0]
         cand = [int(k) for k in logits0.argsort(descending=True) if int(k) != t][: candidates - 1]
@@ -68,8 +75,9 @@ def deepfool(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, oversho
     return torch.cat(out)
 
 
-def adversarial_copy(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, attack: str,
-                     params: dict) -> torch.Tensor:
+def adversarial_copy(
+    model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, attack: str, params: dict
+) -> torch.Tensor:
     """x' for ``attack`` (fgsm | deepfool): the library's ``adversarial`` method when registered
     (x' = x + its map), else the local implementation."""
     from workers.explain import IMPLEMENTATIONS, attribute
@@ -92,9 +100,17 @@ def adversarial_copy(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor,
     return deepfool(model, x, targets, p.get("overshoot", 0.02), p.get("max_iter", 50), p.get("candidates", 10))
 
 
-def adversarial_robustness(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, fn: MapFn,
-                           maps: torch.Tensor | None = None, attack: str = "fgsm", quantile: float = 0.8,
-                           progress: Progress = NO_PROGRESS, **attack_params) -> list[dict[str, float]]:
+def adversarial_robustness(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    fn: MapFn,
+    maps: torch.Tensor | None = None,
+    attack: str = "fgsm",
+    quantile: float = 0.8,
+    progress: Progress = NO_PROGRESS,
+    **attack_params,
+) -> list[dict[str, float]]:
     """Per sample {dice, cc, prediction_changed (0/1)} between the map of x and of its adversarial copy."""
     if maps is None:
         maps = fn(model, x, targets)
@@ -105,13 +121,24 @@ def adversarial_robustness(model: LoadedModel, x: torch.Tensor, targets: torch.T
     changed = predict(model, xa) != predict(model, x)
     m, ma = to_numpy(maps), to_numpy(maps_a)
     progress(1.0)
-    return [{"dice": dice(m[i], ma[i], quantile), "cc": cc(m[i], ma[i]), "prediction_changed": float(changed[i])}
-            for i in range(x.shape[0])]
+    return [
+        {"dice": dice(m[i], ma[i], quantile), "cc": cc(m[i], ma[i]), "prediction_changed": float(changed[i])}
+        for i in range(x.shape[0])
+    ]
 
 
-def max_sensitivity(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, fn: MapFn,
-                    maps: torch.Tensor | None = None, radius: float = 0.02, samples: int = 10, seed: int = 0,
-                    chunk: int = 16, progress: Progress = NO_PROGRESS) -> np.ndarray:
+def max_sensitivity(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    fn: MapFn,
+    maps: torch.Tensor | None = None,
+    radius: float = 0.02,
+    samples: int = 10,
+    seed: int = 0,
+    chunk: int = 16,
+    progress: Progress = NO_PROGRESS,
+) -> np.ndarray:
     """Per-sample max-sensitivity (Yeh et al. 2019) of the maps ``fn`` computes."""
     n = x.shape[0]
     if maps is None:

@@ -12,6 +12,7 @@ caller's RNG is untouched); similarities are Spearman's rank correlation of the 
 
 The loaded model is never modified: the randomisation acts on a ``copy.deepcopy`` of its module.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,16 @@ def randomisable_layers(module: torch.nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if hasattr(m, "reset_parameters")][::-1]
 
 
-def cascading_randomisation(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, fn: MapFn,
-                            maps: torch.Tensor | None = None, layers: int | None = None, seed: int = 42,
-                            progress: Progress = NO_PROGRESS) -> dict:
+def cascading_randomisation(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    fn: MapFn,
+    maps: torch.Tensor | None = None,
+    layers: int | None = None,
+    seed: int = 42,
+    progress: Progress = NO_PROGRESS,
+) -> dict:
     """{"layers": [name, ...], "spearman": (L, N) array, "ssim": (L, N) array} for the top ``layers``
     layers (all by default); row k compares the trained map with the map after randomising the top
     k+1 layers."""
@@ -57,9 +65,16 @@ def cascading_randomisation(model: LoadedModel, x: torch.Tensor, targets: torch.
     return {"layers": names, "spearman": sp, "ssim": ss}
 
 
-def model_randomisation(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, fn: MapFn,
-                        maps: torch.Tensor | None = None, layers: int | None = None, seed: int = 42,
-                        progress: Progress = NO_PROGRESS) -> list[dict[str, float]]:
+def model_randomisation(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    fn: MapFn,
+    maps: torch.Tensor | None = None,
+    layers: int | None = None,
+    seed: int = 42,
+    progress: Progress = NO_PROGRESS,
+) -> list[dict[str, float]]:
     """Per sample {spearman, ssim (means over the cascade), spearman_last, ssim_last (all randomised)}."""
     r = cascading_randomisation(model, x, targets, fn, maps, layers, seed, progress)
     sp, ss = r["spearman"], r["ssim"]
@@ -68,5 +83,12 @@ def model_randomisation(model: LoadedModel, x: torch.Tensor, targets: torch.Tens
         col = col[~np.isnan(col)]
         return float(col.mean()) if col.size else float("nan")
 
-    return [{"spearman": mean(sp[:, i]), "ssim": mean(ss[:, i]),
-             "spearman_last": float(sp[-1, i]), "ssim_last": float(ss[-1, i])} for i in range(x.shape[0])]
+    return [
+        {
+            "spearman": mean(sp[:, i]),
+            "ssim": mean(ss[:, i]),
+            "spearman_last": float(sp[-1, i]),
+            "ssim_last": float(ss[-1, i]),
+        }
+        for i in range(x.shape[0])
+    ]

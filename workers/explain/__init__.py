@@ -6,6 +6,7 @@ One verb, as in Captum::
     a = attribute(model, x, targets, "gradcam", {"layer": "features.10"})
     a.maps  # (N, 1, H, W) raw relevance at the model's input size
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,13 +15,14 @@ import torch
 
 from schemas.methods import CATALOG, Params
 from workers.errors import MethodError
-from workers.explain.base import (APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Context,  # noqa: F401
-                                  Progress)
+from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Context, Progress
 from workers.loading import LoadedModel
 
-# importing the method modules registers them
-from workers.explain import gradients, fem  # noqa: F401,E402
-from workers.explain import linearization, structure, perturbation  # noqa: F401,E402
+# importing the method modules registers them, in this order (the order of a model card's methods)
+# isort: off
+from workers.explain import gradients, fem  # noqa: F401
+from workers.explain import linearization, structure, perturbation  # noqa: F401
+# isort: on
 
 
 def applicability(model: LoadedModel) -> dict[str, str | None]:
@@ -32,8 +34,14 @@ def applicability(model: LoadedModel) -> dict[str, str | None]:
     return out
 
 
-def attribute(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor | int, method: str,
-              params: dict[str, Any] | Params | None = None, progress: Progress = NO_PROGRESS) -> Attribution:
+def attribute(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor | int,
+    method: str,
+    params: dict[str, Any] | Params | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> Attribution:
     spec = CATALOG.get(method)
     if spec is None or method not in IMPLEMENTATIONS:
         raise MethodError(f"unknown method {method!r}")
@@ -45,8 +53,7 @@ def attribute(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor | int, 
         raise MethodError(f"{method} cannot be applied to model {model.name!r}: {reason}")
     if isinstance(targets, int):
         targets = torch.full((x.shape[0],), targets, dtype=torch.long, device=x.device)
-    ctx = Context(model=model, x=x.to(model.device), targets=targets.to(model.device), params=params,
-                  progress=progress)
+    ctx = Context(model=model, x=x.to(model.device), targets=targets.to(model.device), params=params, progress=progress)
     if spec.gradient_based and getattr(params, "smoothgrad", None) is not None:
         from workers.explain.smooth import apply_modifier  # SmoothGrad (§4.5) over any gradient method
 

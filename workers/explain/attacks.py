@@ -30,6 +30,7 @@ Every sample whose map is exactly zero gets a ``warning`` in its metadata saying
 epsilon and step_size are on the [0,1] pixel scale and divided by the model's std per
 channel. Every attack's result is clamped to the model's input box (pixels in [0,1]).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,8 +39,15 @@ import torch
 import torch.nn.functional as F
 
 from workers.explain.base import Attribution, Context, register
-from workers.explain.perturb_utils import (batch_for, clamp_box, generator, log_odds, logit_margin, seed_of,
-                                           softmax_saturated)
+from workers.explain.perturb_utils import (
+    batch_for,
+    clamp_box,
+    generator,
+    log_odds,
+    logit_margin,
+    seed_of,
+    softmax_saturated,
+)
 
 ZERO_GRAD = 1e-6  # gradient components at most this large do not move (as Captum's FGSM)
 
@@ -73,8 +81,15 @@ def fgsm(ctx: Context, eps: torch.Tensor, loss: str = "log_odds") -> torch.Tenso
     return clamp_box(ctx.model, _signed_step(ctx.x, g, eps)).detach()
 
 
-def pgd(ctx: Context, eps: torch.Tensor, step: torch.Tensor, steps: int, random_start: bool,
-        seed: int | None, loss: str = "log_odds") -> torch.Tensor:
+def pgd(
+    ctx: Context,
+    eps: torch.Tensor,
+    step: torch.Tensor,
+    steps: int,
+    random_start: bool,
+    seed: int | None,
+    loss: str = "log_odds",
+) -> torch.Tensor:
     x = ctx.x.detach()
     xa = x
     if random_start:
@@ -139,8 +154,9 @@ def deepfool(ctx: Context, overshoot: float, max_iter: int, candidates: int) -> 
     return xa, iters
 
 
-def one_pixel(ctx: Context, pixels: int, population: int, iterations: int, seed: int | None,
-              loss: str = "log_odds") -> tuple[torch.Tensor, list[dict[str, Any]]]:
+def one_pixel(
+    ctx: Context, pixels: int, population: int, iterations: int, seed: int | None, loss: str = "log_odds"
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     net, model = ctx.net, ctx.model
     n, c, h, w = ctx.x.shape
     mean, std = model.mean_std()
@@ -166,7 +182,7 @@ def one_pixel(ctx: Context, pixels: int, population: int, iterations: int, seed:
         fits, preds = [], []
         with torch.no_grad():
             for s in range(0, pop.shape[0], chunk):
-                logits = net(apply(x1, pop[s:s + chunk])).float()
+                logits = net(apply(x1, pop[s : s + chunk])).float()
                 tt = torch.full((logits.shape[0],), t, dtype=torch.long, device=logits.device)
                 fits.append(-attack_loss(logits, tt, loss).cpu())
                 preds.append(logits.argmax(1).cpu())
@@ -175,7 +191,7 @@ def one_pixel(ctx: Context, pixels: int, population: int, iterations: int, seed:
     lo = torch.tensor([0.0, 0.0] + [0.0] * c)
     hi = torch.tensor([h - 1e-3, w - 1e-3] + [1.0] * c)
     for i in range(n):
-        x1, t = ctx.x[i:i + 1].detach(), int(ctx.targets[i])
+        x1, t = ctx.x[i : i + 1].detach(), int(ctx.targets[i])
         pop = lo + torch.rand(population, pixels, 2 + c, generator=g) * (hi - lo)
         fit, pred = fitness(x1, t, pop)
         gens = 0
@@ -198,8 +214,14 @@ def one_pixel(ctx: Context, pixels: int, population: int, iterations: int, seed:
         score = torch.where(flips, fit, torch.full_like(fit, float("inf"))) if bool(flips.any()) else fit
         best = pop[int(score.argmin())]
         out[i] = apply(x1, best[None])[0]
-        extra.append({"generations": gens, "pixels": [
-            {"row": int(p[0]), "col": int(p[1]), "value": [round(float(v), 4) for v in p[2:]]} for p in best]})
+        extra.append(
+            {
+                "generations": gens,
+                "pixels": [
+                    {"row": int(p[0]), "col": int(p[1]), "value": [round(float(v), 4) for v in p[2:]]} for p in best
+                ],
+            }
+        )
     return out, extra
 
 
@@ -208,8 +230,14 @@ def _norms(model, x: torch.Tensor, xa: torch.Tensor) -> list[dict[str, float]]:
     d = ((xa - x) * std).flatten(1)  # on the [0,1] pixel scale
     xp = (x * std + model.mean_std()[0]).flatten(1)
     l2 = d.norm(dim=1)
-    return [{"l2": float(l2[i]), "linf": float(d[i].abs().max()), "relative_l2": float(l2[i] / xp[i].norm().clamp_min(1e-12))}
-            for i in range(x.shape[0])]
+    return [
+        {
+            "l2": float(l2[i]),
+            "linf": float(d[i].abs().max()),
+            "relative_l2": float(l2[i] / xp[i].norm().clamp_min(1e-12)),
+        }
+        for i in range(x.shape[0])
+    ]
 
 
 def _warning(attack: str, loss: str, delta: torch.Tensor, saturated: bool, predicted: bool) -> str | None:
@@ -219,8 +247,10 @@ def _warning(attack: str, loss: str, delta: torch.Tensor, saturated: bool, predi
     if attack == "deepfool" and not predicted:
         return "zero map: the target is not the predicted class, DeepFool has no boundary to cross"
     if loss == "cross_entropy" and saturated:
-        return ("zero map: the target's softmax probability is exactly 0 or 1 in float32 (saturated), so the cross-entropy "
-                "gradient vanishes; use loss=log_odds or loss=margin")
+        return (
+            "zero map: the target's softmax probability is exactly 0 or 1 in float32 (saturated), so the cross-entropy "
+            "gradient vanishes; use loss=log_odds or loss=margin"
+        )
     if attack in ("fgsm", "pgd"):
         return "zero map: the loss gradient is zero (at most 1e-6) at every input component"
     return "zero map: the attack did not change the input"
@@ -262,10 +292,18 @@ def adversarial(ctx: Context) -> Attribution:
     for i, nm in enumerate(_norms(ctx.model, ctx.x, xa)):
         t = int(ctx.targets[i])
         predicted = int(l0[i].argmax()) == t
-        mi = {"flipped": bool(int(l1[i].argmax()) != t), "target_was_predicted": predicted,
-              "adversarial_class": int(l1[i].argmax()), "target_probability": float(pr0[i, t]),
-              "adversarial_target_probability": float(pr1[i, t]), "target_log_odds": float(lo0[i]),
-              "adversarial_target_log_odds": float(lo1[i]), "norm_scale": "pixel [0,1]", **nm, **extra[i]}
+        mi = {
+            "flipped": bool(int(l1[i].argmax()) != t),
+            "target_was_predicted": predicted,
+            "adversarial_class": int(l1[i].argmax()),
+            "target_probability": float(pr0[i, t]),
+            "adversarial_target_probability": float(pr1[i, t]),
+            "target_log_odds": float(lo0[i]),
+            "adversarial_target_log_odds": float(lo1[i]),
+            "norm_scale": "pixel [0,1]",
+            **nm,
+            **extra[i],
+        }
         w = _warning(p.attack, p.loss, delta[i], bool(saturated[i]), predicted)
         if w:
             mi["warning"] = w

@@ -6,10 +6,12 @@ registered under its public name (the names of ``schemas.methods.CATALOG``).
 relevance at the model's input resolution. Reduction over channels, resizing
 to the client's image, normalisation and rendering are shared
 (``workers.explain.postprocess``, ``workers.render``)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -24,8 +26,13 @@ class Progress:
     Long methods call it between chunks; ``sub(a, b)`` maps a method's own [0, 1]
     onto [a, b] of the job's progress."""
 
-    def __init__(self, report: Callable[[float], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None, lo: float = 0.0, hi: float = 1.0):
+    def __init__(
+        self,
+        report: Callable[[float], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        lo: float = 0.0,
+        hi: float = 1.0,
+    ):
         self._report = report
         self._cancelled = cancelled
         self.lo, self.hi = lo, hi
@@ -36,7 +43,7 @@ class Progress:
         if self._report is not None:
             self._report(self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0))
 
-    def sub(self, a: float, b: float) -> "Progress":
+    def sub(self, a: float, b: float) -> Progress:
         span = self.hi - self.lo
         return Progress(self._report, self._cancelled, self.lo + span * a, self.lo + span * b)
 
@@ -115,7 +122,7 @@ class LayerCapture:
         self.output = out
         return out.clone()
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 

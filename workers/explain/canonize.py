@@ -15,12 +15,13 @@ never per request):
 The function kinds the structure family adds to the engine are registered here
 (``engine.register_kind``).
 """
+
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -34,8 +35,9 @@ T = torch.Tensor
 
 register_kind("conv2d", {torch.conv2d: False, F.conv2d: False})
 register_kind("linear", {F.linear: False})
-register_kind("add", {torch.add: False, T.add: False, T.__add__: False, T.__radd__: False,
-                      T.add_: True, T.__iadd__: True})
+register_kind(
+    "add", {torch.add: False, T.add: False, T.__add__: False, T.__radd__: False, T.add_: True, T.__iadd__: True}
+)
 register_kind("max_pool2d", {F.max_pool2d: False})
 register_kind("avg_pool2d", {F.avg_pool2d: False})
 register_kind("adaptive_avg_pool2d", {F.adaptive_avg_pool2d: False})
@@ -45,14 +47,43 @@ register_kind("sum", {torch.sum: False, T.sum: False})
 
 # Functions that only move values around (or are the identity in eval mode): their
 # gradient routes relevance / multipliers unchanged, sample by sample.
-ROUTING: frozenset[Callable] = frozenset({
-    torch.flatten, T.flatten, T.view, T.view_as, T.reshape, T.reshape_as, torch.reshape,
-    T.permute, torch.permute, T.transpose, torch.transpose, T.contiguous,
-    T.squeeze, torch.squeeze, T.unsqueeze, torch.unsqueeze,
-    torch.cat, torch.concat, T.__getitem__, T.split, torch.split, T.chunk, torch.chunk, T.narrow,
-    T.clone, T.to, T.float, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-    F.feature_alpha_dropout,
-})
+ROUTING: frozenset[Callable] = frozenset(
+    {
+        torch.flatten,
+        T.flatten,
+        T.view,
+        T.view_as,
+        T.reshape,
+        T.reshape_as,
+        torch.reshape,
+        T.permute,
+        torch.permute,
+        T.transpose,
+        torch.transpose,
+        T.contiguous,
+        T.squeeze,
+        torch.squeeze,
+        T.unsqueeze,
+        torch.unsqueeze,
+        torch.cat,
+        torch.concat,
+        T.__getitem__,
+        T.split,
+        torch.split,
+        T.chunk,
+        torch.chunk,
+        T.narrow,
+        T.clone,
+        T.to,
+        T.float,
+        F.dropout,
+        F.dropout1d,
+        F.dropout2d,
+        F.dropout3d,
+        F.alpha_dropout,
+        F.feature_alpha_dropout,
+    }
+)
 _REDUCTIONS = {torch.sum, T.sum, torch.mean, T.mean}
 _DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 
@@ -65,8 +96,18 @@ def kind_functions(*kinds: str) -> set[Callable]:
 
 
 # What each method family can pass relevance through (rules + routing).
-LRP_KINDS = ("relu", "conv2d", "linear", "add", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-             "batch_norm", "mean", "sum")
+LRP_KINDS = (
+    "relu",
+    "conv2d",
+    "linear",
+    "add",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "batch_norm",
+    "mean",
+    "sum",
+)
 DEEPLIFT_KINDS = LRP_KINDS
 COVERED: dict[str, frozenset[Callable]] = {
     "lrp": frozenset(kind_functions(*LRP_KINDS) | ROUTING),
@@ -142,6 +183,7 @@ class CheckedRuleMode(RuleMode):
 
 # ---- the one-off analysis --------------------------------------------------------------------------
 
+
 @dataclass
 class Fold:
     weight: torch.Tensor  # folded weight of the conv / linear layer
@@ -159,8 +201,9 @@ class Analysis:
 
 
 def fold_bn(w: torch.Tensor, b: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm):
-    scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) \
-        / torch.sqrt(bn.running_var + bn.eps)
+    scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(
+        bn.running_var + bn.eps
+    )
     shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
     b0 = b if b is not None else torch.zeros_like(bn.running_mean)
     wf = w * scale.view(-1, *([1] * (w.dim() - 1)))
@@ -184,8 +227,9 @@ class _Trace(TorchFunctionMode):
                     continue
                 if func not in covered:
                     if _any_grad(out):
-                        self.first[family] = (f"layer {where[0]!r} ({where[1]}) calls {func_name(func)!r}, "
-                                              f"which no {family} rule covers")
+                        self.first[family] = (
+                            f"layer {where[0]!r} ({where[1]}) calls {func_name(func)!r}, which no {family} rule covers"
+                        )
                 else:
                     problem = call_problem(func, args, kwargs)
                     if problem:
@@ -244,7 +288,7 @@ def analyse(net: nn.Module, input_shape: tuple[int, ...]) -> Analysis:
     return res
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, Analysis]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Analysis]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 

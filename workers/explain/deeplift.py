@@ -30,6 +30,7 @@ RevealCancel (batch ``[x; x0; D+; D-]``, 4N samples)
 Both rules satisfy summation-to-delta (Eq. 19) exactly up to float rounding:
 ``sum_i (x_i - x0_i) m_i = S_c(x) - S_c(x0)``; the error is reported per sample.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,7 @@ TINY = 1e-12
 
 
 def _quarters(t: torch.Tensor, n: int, k: int) -> list[torch.Tensor]:
-    return [t[i * n:(i + 1) * n] for i in range(k)]
+    return [t[i * n : (i + 1) * n] for i in range(k)]
 
 
 def _pool_args(func, args: tuple, kwargs: dict):
@@ -71,6 +72,7 @@ def _place(top_grad: torch.Tensor, zx, zr, ix, ir, shape) -> tuple[torch.Tensor,
 
 
 # ---- Rescale (2N) ------------------------------------------------------------------------------------
+
 
 class _RescaleReLU(torch.autograd.Function):
     @staticmethod
@@ -132,6 +134,7 @@ class RescaleMaxPoolRule(Rule):
 
 # ---- RevealCancel (4N) ----------------------------------------------------------------------------
 
+
 def _relu_step(t: torch.Tensor) -> torch.Tensor:
     return (t > 0).to(t.dtype)
 
@@ -147,29 +150,31 @@ class _RCReLU(torch.autograd.Function):
         zn = 0.5 * ((g(y0 + dn) - z0) + (z - g(y0 + dp)))  # Eq. 24
         okp, okn = dp.abs() > TINY, dn.abs() > TINY
         # Eq. 25, with the limit dy+ -> 0 (resp. dy- -> 0) where a group is empty
-        ctx.mp = torch.where(okp, zp / torch.where(okp, dp, torch.ones_like(dp)),
-                             0.5 * (_relu_step(y0) + _relu_step(y0 + dn)))
-        ctx.mn = torch.where(okn, zn / torch.where(okn, dn, torch.ones_like(dn)),
-                             0.5 * (_relu_step(y0) + _relu_step(y0 + dp)))
+        ctx.mp = torch.where(
+            okp, zp / torch.where(okp, dp, torch.ones_like(dp)), 0.5 * (_relu_step(y0) + _relu_step(y0 + dn))
+        )
+        ctx.mn = torch.where(
+            okn, zn / torch.where(okn, dn, torch.ones_like(dn)), 0.5 * (_relu_step(y0) + _relu_step(y0 + dp))
+        )
         ctx.dz, ctx.n = dz, n
         return torch.cat([z, z0, dz.clamp(min=0), dz.clamp(max=0)])
 
     @staticmethod
     def backward(ctx, g4):
         n = ctx.n
-        gp, gn = g4[2 * n:3 * n], g4[3 * n:]
+        gp, gn = g4[2 * n : 3 * n], g4[3 * n :]
         dz = ctx.dz
         mz = torch.where(dz > 0, gp, torch.where(dz < 0, gn, 0.5 * (gp + gn)))
-        return torch.cat([torch.zeros_like(g4[:2 * n]), ctx.mp * mz, ctx.mn * mz]), None
+        return torch.cat([torch.zeros_like(g4[: 2 * n]), ctx.mp * mz, ctx.mn * mz]), None
 
 
 class _RCMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y4, n, pool):
-        z, idx = pool(y4[:2 * n])
+        z, idx = pool(y4[: 2 * n])
         zx, zr = z[:n], z[n:]
         dz = zx - zr
-        ctx.save = (zx, zr, idx[:n], idx[n:], (y4[:n] - y4[n:2 * n]).detach(), dz)
+        ctx.save = (zx, zr, idx[:n], idx[n:], (y4[:n] - y4[n : 2 * n]).detach(), dz)
         ctx.n = n
         return torch.cat([zx, zr, dz.clamp(min=0), dz.clamp(max=0)])
 
@@ -177,7 +182,7 @@ class _RCMaxPool(torch.autograd.Function):
     def backward(ctx, g4):
         zx, zr, ix, ir, dy, dz = ctx.save
         n = ctx.n
-        gp, gn = g4[2 * n:3 * n], g4[3 * n:]
+        gp, gn = g4[2 * n : 3 * n], g4[3 * n :]
         mz = torch.where(dz > 0, gp, torch.where(dz < 0, gn, 0.5 * (gp + gn)))
         placed, plain = _place(mz, zx, zr, ix, ir, dy.shape)
         ok = dy.abs() > TINY
@@ -193,8 +198,8 @@ class _RCLinear(torch.autograd.Function):
         # parameters are cast to the pass's dtype here and again in backward (not kept in float64)
         w_, b_ = w.to(a4.dtype), None if b is None else b.to(a4.dtype)
         wp, wn = w_.clamp(min=0), w_.clamp(max=0)
-        dp, dn = a4[2 * n:3 * n], a4[3 * n:]
-        y = f(a4[:2 * n], w_, b_)
+        dp, dn = a4[2 * n : 3 * n], a4[3 * n :]
+        y = f(a4[: 2 * n], w_, b_)
         yp = f(dp, wp, None) + f(dn, wn, None)
         yn = f(dp, wn, None) + f(dn, wp, None)
         ctx.f, ctx.w, ctx.n = f, w, n
@@ -207,15 +212,22 @@ class _RCLinear(torch.autograd.Function):
         w_ = ctx.w.to(like.dtype)
         wp, wn = w_.clamp(min=0), w_.clamp(max=0)
         del w_
-        gp, gn = g4[2 * n:3 * n], g4[3 * n:]
+        gp, gn = g4[2 * n : 3 * n], g4[3 * n :]
         mp = vjp(f, like, wp, gp) + vjp(f, like, wn, gn)
         mn = vjp(f, like, wp, gn) + vjp(f, like, wn, gp)
         zero = like.new_zeros((2 * n, *like.shape[1:]))
         return torch.cat([zero, mp, mn]), None, None, None, None
 
 
-CONV_ARGS = (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0),
-             ("dilation", 1), ("groups", 1))
+CONV_ARGS = (
+    ("input", None),
+    ("weight", None),
+    ("bias", None),
+    ("stride", 1),
+    ("padding", 0),
+    ("dilation", 1),
+    ("groups", 1),
+)
 LINEAR_ARGS = (("input", None), ("weight", None), ("bias", None))
 
 
@@ -236,8 +248,7 @@ def bind_linear(func, args: tuple, kwargs: dict, spec) -> tuple:
         f.transpose = lambda like, w, s: (s @ w).reshape(like.shape)
     elif func is torch.conv2d and not isinstance(rest[1], str):  # padding 'same' / 'valid': autograd
         stride, padding, dilation, groups = rest
-        f.transpose = lambda like, w, s: torch.nn.grad.conv2d_input(like.shape, w, s, stride, padding,
-                                                                     dilation, groups)
+        f.transpose = lambda like, w, s: torch.nn.grad.conv2d_input(like.shape, w, s, stride, padding, dilation, groups)
     return vals[0], vals[1], vals[2], f
 
 
@@ -297,8 +308,10 @@ class RCAddRule(Rule):
     def call(self, func, args, kwargs, index):
         ts = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         if len(ts) != 2 or not all(t.requires_grad for t in ts) or kwargs.get("alpha", 1) != 1:
-            raise MethodError("deeplift reveal_cancel: only additions of two feature maps (residual "
-                              "connections) are supported, not the addition of a constant")
+            raise MethodError(
+                "deeplift reveal_cancel: only additions of two feature maps (residual "
+                "connections) are supported, not the addition of a constant"
+            )
         return func(*args, **kwargs)
 
 
@@ -313,8 +326,15 @@ class RCReLURule(Rule):
 
 # ---- driver ----------------------------------------------------------------------------------------
 
-def deeplift(net: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
-             rule: str = "rescale", dtype: torch.dtype | None = None) -> tuple[torch.Tensor, list[dict]]:
+
+def deeplift(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    targets: torch.Tensor,
+    rule: str = "rescale",
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, list[dict]]:
     """DeepLIFT attributions (N, C, H, W) of ``S_c(x) - S_c(x0)`` and per-sample summation-to-delta.
 
     The pass runs in ``dtype`` (default float64, float32 on MPS): the multipliers are ratios of
@@ -333,8 +353,13 @@ def deeplift(net: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, targets: t
     with torch.enable_grad():
         if rule == "rescale":
             xx = torch.cat([x, x0]).requires_grad_(True)
-            rules = {"relu": RescaleReLURule(n), "max_pool2d": RescaleMaxPoolRule(n),
-                     "conv2d": cast, "linear": cast, "batch_norm": cast}
+            rules = {
+                "relu": RescaleReLURule(n),
+                "max_pool2d": RescaleMaxPoolRule(n),
+                "conv2d": cast,
+                "linear": cast,
+                "batch_norm": cast,
+            }
             with CheckedRuleMode(rules, COVERED["deeplift"], "deeplift"):
                 out = net(xx)
             seed = torch.zeros_like(out)
@@ -343,32 +368,45 @@ def deeplift(net: torch.nn.Module, x: torch.Tensor, x0: torch.Tensor, targets: t
             attr = g[:n] * dx
         elif rule == "reveal_cancel":
             xx = torch.cat([x, x0, dx.clamp(min=0), dx.clamp(max=0)]).requires_grad_(True)
-            rules = {"relu": RCReLURule(n), "max_pool2d": RescaleMaxPoolRule(n, reveal_cancel=True),
-                     "conv2d": RCLinearRule(n, CONV_ARGS), "linear": RCLinearRule(n, LINEAR_ARGS),
-                     "batch_norm": RCBatchNormRule(n), "add": RCAddRule()}
+            rules = {
+                "relu": RCReLURule(n),
+                "max_pool2d": RescaleMaxPoolRule(n, reveal_cancel=True),
+                "conv2d": RCLinearRule(n, CONV_ARGS),
+                "linear": RCLinearRule(n, LINEAR_ARGS),
+                "batch_norm": RCBatchNormRule(n),
+                "add": RCAddRule(),
+            }
             with CheckedRuleMode(rules, COVERED["deeplift"], "deeplift"):
                 out = net(xx)
             seed = torch.zeros_like(out)
-            seed[2 * n:3 * n].scatter_(1, t, 1.0)
-            seed[3 * n:].scatter_(1, t, 1.0)
+            seed[2 * n : 3 * n].scatter_(1, t, 1.0)
+            seed[3 * n :].scatter_(1, t, 1.0)
             (g,) = torch.autograd.grad(out, xx, seed)
-            attr = g[2 * n:3 * n] * dx.clamp(min=0) + g[3 * n:] * dx.clamp(max=0)
+            attr = g[2 * n : 3 * n] * dx.clamp(min=0) + g[3 * n :] * dx.clamp(max=0)
         else:
             raise MethodError(f"unknown deeplift rule {rule!r}")
     out = out.detach()
-    s, s0 = out[:n].gather(1, t).squeeze(1), out[n:2 * n].gather(1, t).squeeze(1)
+    s, s0 = out[:n].gather(1, t).squeeze(1), out[n : 2 * n].gather(1, t).squeeze(1)
     delta = s - s0
     total = attr.flatten(1).sum(1)
     meta = []
     for i in range(n):
         d, a = float(delta[i]), float(total[i])
-        meta.append({"score": float(s[i]), "reference_score": float(s0[i]), "delta": d, "attribution_sum": a,
-                     "summation_to_delta_error": a - d,
-                     "summation_to_delta_relative_error": abs(a - d) / max(abs(d), 1e-12)})
+        meta.append(
+            {
+                "score": float(s[i]),
+                "reference_score": float(s0[i]),
+                "delta": d,
+                "attribution_sum": a,
+                "summation_to_delta_error": a - d,
+                "summation_to_delta_relative_error": abs(a - d) / max(abs(d), 1e-12),
+            }
+        )
     return attr.detach().to(out_dtype), meta
 
 
 # ---- references --------------------------------------------------------------------------------------
+
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur per channel (kernel radius ceil(3 sigma), replicate padding)."""
@@ -383,8 +421,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def reference_input(model, x: torch.Tensor, baseline: str, seed: int = 0,
-                    blur_sigma: float | None = None) -> tuple[torch.Tensor, dict]:
+def reference_input(
+    model, x: torch.Tensor, baseline: str, seed: int = 0, blur_sigma: float | None = None
+) -> tuple[torch.Tensor, dict]:
     """The DeepLIFT reference x0 on the normalised scale, and the resolved parameters."""
     lo, hi = model.input_bounds()
     lo, hi = lo.to(x), hi.to(x)

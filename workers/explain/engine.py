@@ -17,9 +17,11 @@ Kinds group the spellings of one operation (``F.relu``, ``torch.relu``,
 ``Tensor.relu``, in-place variants...). ``call_index`` counts calls per kind,
 so rules that pair two passes (DeepLIFT's reference pass) can match calls.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +30,12 @@ from torch.overrides import TorchFunctionMode
 # kind -> {function: is_inplace}
 FUNCTION_KINDS: dict[str, dict[Callable, bool]] = {
     "relu": {
-        F.relu: False, torch.relu: False, torch.Tensor.relu: False,
-        torch.relu_: True, F.relu_: True, torch.Tensor.relu_: True,
+        F.relu: False,
+        torch.relu: False,
+        torch.Tensor.relu: False,
+        torch.relu_: True,
+        F.relu_: True,
+        torch.Tensor.relu_: True,
     },
 }
 
@@ -49,7 +55,9 @@ class Rule:
 def relu_input(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, bool]:
     """(input tensor, in-place?) of any spelling of ReLU."""
     x = args[0] if args else kwargs["input"]
-    inplace = FUNCTION_KINDS["relu"].get(func, False) or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+    inplace = FUNCTION_KINDS["relu"].get(func, False) or bool(
+        kwargs.get("inplace", args[1] if len(args) > 1 else False)
+    )
     return x, inplace
 
 

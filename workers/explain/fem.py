@@ -1,4 +1,5 @@
 """FEM, the feature-based explanation method of Fuad et al. (§5.3, Eq. 26)."""
+
 from __future__ import annotations
 
 import torch

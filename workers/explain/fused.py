@@ -25,6 +25,7 @@ Calls that do not fuse (other methods, the SmoothGrad modifier, a layer that doe
 resolve, a method not applicable to the model) are left to
 :func:`workers.explain.attribute`, which raises their errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ import torch.nn.functional as F
 
 from schemas.methods import CATALOG, Params
 from workers.errors import ExplainError
-from workers.explain.base import (APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Progress,
-                                  target_scores)
+from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Progress, target_scores
 from workers.explain.fem import fem_map
 from workers.explain.gradients import upsample
 from workers.explain.relu_rules import rectifier_mode
@@ -87,6 +87,7 @@ def plan_call(model: LoadedModel, name: str, params: dict[str, Any] | Params | N
 
 # ---- the switchable rectifier ------------------------------------------------------------
 
+
 class _Switch:
     """The backward rule of the backward pass now running: plain, guided or deconv."""
 
@@ -113,6 +114,7 @@ class _Capture:
 
 
 # ---- the fused pass ----------------------------------------------------------------------
+
 
 class FusedPass:
     """One forward over ``x`` serving every call of ``calls``; then :meth:`explain` per target set.
@@ -162,8 +164,9 @@ class FusedPass:
         self.logits = logits
         return logits.detach()
 
-    def explain(self, targets: torch.Tensor, live: torch.Tensor | None = None,
-                progress: Progress = NO_PROGRESS) -> dict[str, Attribution]:
+    def explain(
+        self, targets: torch.Tensor, live: torch.Tensor | None = None, progress: Progress = NO_PROGRESS
+    ) -> dict[str, Attribution]:
         """Attributions of every call for ``targets`` (N,); ``live`` (N,) bool: the samples whose
         gradients are wanted (the others get maps too, of no use). One backward per rule."""
         if self.logits is None:
@@ -228,8 +231,9 @@ class FusedPass:
         return out
 
 
-def fused_attribute(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor | int,
-                    calls: list[tuple[str, dict | None]]) -> tuple[torch.Tensor, list[Attribution]]:
+def fused_attribute(
+    model: LoadedModel, x: torch.Tensor, targets: torch.Tensor | int, calls: list[tuple[str, dict | None]]
+) -> tuple[torch.Tensor, list[Attribution]]:
     """(logits, one Attribution per call in order) with the calls fused where they can be;
     the others run through :func:`workers.explain.attribute` (the library entry point of
     the fused path, used by the benchmarks and the tests)."""

@@ -11,6 +11,7 @@ g_a has one decoder per direction; the classifier's decision on x picks it (the 
 of that decision, whatever target is requested). Metadata per image: the decisions on x, g_s(x)
 and g_a(x), whether g_s keeps and g_a flips it, and the edits' sizes on the [0, 1] pixel scale
 (``*_l1``: mean |g(x) - x| per element, ``*_l2``: ||g(x) - x||_2)."""
+
 from __future__ import annotations
 
 import weakref
@@ -21,7 +22,7 @@ import torch
 from workers.explain.base import Attribution, Context, register
 from workers.loading import LoadedModel
 
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
 
 def _path(model: LoadedModel) -> Path:
@@ -45,8 +46,11 @@ def _load(model: LoadedModel):
     if model.num_classes != 2:
         res = (None, f"needs a binary classifier (model has {model.num_classes} classes)")
     elif not path.exists():
-        res = (None, f"no trained generators for this model ({path.name} not found; "
-                     "train them with `python -m workers.generators.train`)")
+        res = (
+            None,
+            f"no trained generators for this model ({path.name} not found; "
+            "train them with `python -m workers.generators.train`)",
+        )
     else:
         try:
             pair, meta = load_generators(path)
@@ -91,11 +95,18 @@ def adversarial_generators(ctx: Context) -> Attribution:
     ds, da = ((gs - x) * std).flatten(1), ((ga - x) * std).flatten(1)  # edits on the [0, 1] pixel scale
     out = []
     for i in range(x.shape[0]):
-        out.append({"decision": int(pred[i]), "similar_decision": int(ls[i].argmax()),
-                    "adversarial_decision": int(la[i].argmax()),
-                    "similar_keeps": bool(int(ls[i].argmax()) == int(pred[i])),
-                    "adversarial_flips": bool(int(la[i].argmax()) != int(pred[i])),
-                    "similar_l1": float(ds[i].abs().mean()), "similar_l2": float(ds[i].norm()),
-                    "adversarial_l1": float(da[i].abs().mean()), "adversarial_l2": float(da[i].norm())})
+        out.append(
+            {
+                "decision": int(pred[i]),
+                "similar_decision": int(ls[i].argmax()),
+                "adversarial_decision": int(la[i].argmax()),
+                "similar_keeps": bool(int(ls[i].argmax()) == int(pred[i])),
+                "adversarial_flips": bool(int(la[i].argmax()) != int(pred[i])),
+                "similar_l1": float(ds[i].abs().mean()),
+                "similar_l2": float(ds[i].norm()),
+                "adversarial_l1": float(da[i].abs().mean()),
+                "adversarial_l2": float(da[i].norm()),
+            }
+        )
     ctx.progress(1.0)
     return Attribution(rel, used_params={"generators": _path(ctx.model).name}, meta=out)

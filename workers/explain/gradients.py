@@ -1,4 +1,5 @@
 """Plain-gradient methods: saliency (§4.2) and Grad-CAM (§4.6)."""
+
 from __future__ import annotations
 
 import weakref
@@ -41,7 +42,7 @@ def gradcam(ctx: Context) -> Attribution:
 
 # ---- the forward pass up to a layer (FEM, CAM: no gradient, no classifier head) ----------
 
-_CALLS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, int]]" = weakref.WeakKeyDictionary()
+_CALLS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 class _StopAtLayer(Exception):

@@ -3,6 +3,7 @@
 Everything happens on the model's normalised input: x' is the baseline in that
 space and R = (x - x') * sum_k w_k dS_c/dx (x' + a_k (x - x')), a quadrature of
 Eq. 7 with nodes a_k and weights w_k (:func:`quadrature`)."""
+
 from __future__ import annotations
 
 import math
@@ -124,10 +125,21 @@ def integrated_gradients(ctx: Context) -> Attribution:
     for i in range(n):
         diff = float(sx[i] - sb[i])
         err = float(total[i]) - diff
-        meta.append({"completeness_error": err, "relative_error": err / abs(diff) if diff != 0 else None,
-                     "score": float(sx[i]), "baseline_score": float(sb[i])})
-    used = {"steps": p.steps, "baseline": name, "integration": p.integration,
-            "internal_batch_size": p.internal_batch_size, "seed": p.seed}
+        meta.append(
+            {
+                "completeness_error": err,
+                "relative_error": err / abs(diff) if diff != 0 else None,
+                "score": float(sx[i]),
+                "baseline_score": float(sb[i]),
+            }
+        )
+    used = {
+        "steps": p.steps,
+        "baseline": name,
+        "integration": p.integration,
+        "internal_batch_size": p.internal_batch_size,
+        "seed": p.seed,
+    }
     if p.baseline == "blur":
         used["blur_sigma"] = p.blur_sigma if p.blur_sigma is not None else min(ctx.x.shape[-2:]) / 10.0
     return Attribution(attr, used_params=used, meta=meta)

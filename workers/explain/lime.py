@@ -17,6 +17,7 @@ forward function returns logits); probability = softmax p_t (Ribeiro et al.'s or
 probability is exactly 1.0 in float32 for confident predictions, then constant over most
 perturbations and the surrogate's coefficients are 0; log_odds and logit keep their resolution.
 A sample whose score does not vary over the draws (zero map) gets a ``warning`` in its metadata."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,10 +81,12 @@ def cosine_kernel(x: torch.Tensor, xs: torch.Tensor, width: float) -> torch.Tens
     b = xs.reshape(xs.shape[0], -1).double()
     cos = (b @ a.T).squeeze(1) / (a.norm() * b.norm(dim=1)).clamp_min(1e-12)
     d = 1 - cos
-    return torch.exp(-(d ** 2) / (2 * width ** 2))
+    return torch.exp(-(d**2) / (2 * width**2))
 
 
-def weighted_ridge(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
+def weighted_ridge(
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, float, float]:
     """argmin_b,beta sum_i w_i (y_i - b - z_i beta)^2 + alpha |beta|^2 -> (beta, b, weighted R^2)."""
     z, y, w = z.double(), y.double(), w.double()
     sw = w.sum()
@@ -94,14 +97,15 @@ def weighted_ridge(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: flo
     beta = torch.linalg.solve(a, zc.T @ (w * yc))
     b = ym - zm @ beta
     res = y - b - z @ beta
-    ss_res = (w * res ** 2).sum()
-    ss_tot = (w * yc ** 2).sum()
+    ss_res = (w * res**2).sum()
+    ss_tot = (w * yc**2).sum()
     r2 = float(1 - ss_res / ss_tot) if ss_tot > 0 else 0.0
     return beta, float(b), r2
 
 
-def lime_one(ctx: Context, i: int, seg: torch.Tensor, k: int, z: torch.Tensor, fill: torch.Tensor,
-             progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+def lime_one(
+    ctx: Context, i: int, seg: torch.Tensor, k: int, z: torch.Tensor, fill: torch.Tensor, progress=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Target scores and kernel weights of the perturbed copies of sample i."""
     x = ctx.x[i].detach()
     t = int(ctx.targets[i])
@@ -110,7 +114,7 @@ def lime_one(ctx: Context, i: int, seg: torch.Tensor, k: int, z: torch.Tensor, f
     zd = z.to(x.device, x.dtype)
     with torch.no_grad():
         for s in range(0, z.shape[0], chunk):
-            mask = zd[s:s + chunk][:, seg].unsqueeze(1)  # (B, 1, H, W)
+            mask = zd[s : s + chunk][:, seg].unsqueeze(1)  # (B, 1, H, W)
             imgs = x * mask + fill * (1 - mask)
             tt = torch.full((imgs.shape[0],), t, dtype=torch.long, device=imgs.device)
             ys.append(lime_score(ctx.net(imgs), tt, ctx.params.score).cpu())
@@ -122,8 +126,10 @@ def lime_one(ctx: Context, i: int, seg: torch.Tensor, k: int, z: torch.Tensor, f
 
 def _warning(score: str, spread: float, saturated: bool) -> str:
     if spread == 0 and score == "probability" and saturated:
-        return ("zero map: the target's softmax probability is exactly 0 or 1 in float32 on every perturbed image "
-                "(saturated); use score=log_odds or score=logit")
+        return (
+            "zero map: the target's softmax probability is exactly 0 or 1 in float32 on every perturbed image "
+            "(saturated); use score=log_odds or score=logit"
+        )
     if spread == 0:
         return "zero map: the target's score is the same on every perturbed image"
     return "zero map: the surrogate's coefficients are all zero"
@@ -149,7 +155,7 @@ def lime(ctx: Context) -> Attribution:
         elif p.fill == "blur":
             fill = blur[i]
         else:
-            fill = fill_image(ctx.model, ctx.x[i:i + 1].detach(), p.fill)[0]
+            fill = fill_image(ctx.model, ctx.x[i : i + 1].detach(), p.fill)[0]
         z = draws(p.samples, k, seed_of(p.seed) + i)
         y, wts = lime_one(ctx, i, seg, k, z, fill, prog)
         beta, b, r2 = weighted_ridge(z, y, wts, p.alpha)
@@ -158,10 +164,22 @@ def lime(ctx: Context) -> Attribution:
         if not bool((maps[i] != 0).any()):
             mi["warning"] = _warning(p.score, float(y.max() - y.min()), bool(sat[i]))
         elif p.score == "probability" and bool(sat[i]):
-            mi["warning"] = ("the target's softmax probability of the image is exactly 0 or 1 in float32 (saturated): "
-                             "the map only reflects the few perturbed images where it moved; use score=log_odds")
+            mi["warning"] = (
+                "the target's softmax probability of the image is exactly 0 or 1 in float32 (saturated): "
+                "the map only reflects the few perturbed images where it moved; use score=log_odds"
+            )
         meta.append(mi)
-    return Attribution(maps, used_params={"samples": p.samples, "segments": p.segments, "segmentation": p.segmentation,
-                                          "score": p.score,
-                                          "fill": p.fill, "kernel_width": p.kernel_width, "alpha": p.alpha,
-                                          "seed": seed_of(p.seed)}, meta=meta)
+    return Attribution(
+        maps,
+        used_params={
+            "samples": p.samples,
+            "segments": p.segments,
+            "segmentation": p.segmentation,
+            "score": p.score,
+            "fill": p.fill,
+            "kernel_width": p.kernel_width,
+            "alpha": p.alpha,
+            "seed": seed_of(p.seed),
+        },
+        meta=meta,
+    )

@@ -3,6 +3,7 @@ Grad-CAM and CAM here; integrated gradients in :mod:`workers.explain.integrated`
 SmoothGrad in :mod:`workers.explain.smooth`, the per-call rectifier rules in
 :mod:`workers.explain.relu_rules`; saliency and Grad-CAM in
 :mod:`workers.explain.gradients`."""
+
 from __future__ import annotations
 
 import weakref
@@ -54,6 +55,7 @@ def guided_gradcam(ctx: Context) -> Attribution:
 
 # ---- CAM ---------------------------------------------------------------------------------
 
+
 class _Head:
     """What the check found: per layer, the reason CAM cannot use it (None: it can)."""
 
@@ -61,13 +63,14 @@ class _Head:
         self.linear, self.linear_name, self.reasons = linear, linear_name, reasons
 
 
-_HEADS: "weakref.WeakKeyDictionary[nn.Module, _Head]" = weakref.WeakKeyDictionary()
+_HEADS: weakref.WeakKeyDictionary[nn.Module, _Head] = weakref.WeakKeyDictionary()
 
 
 def _capture_last(store: dict, name: str):
     def hook(mod, inp, out):
         if isinstance(out, torch.Tensor):
             store[name] = out.detach().clone()  # clone: a later in-place op must not change it
+
     return hook
 
 
@@ -87,8 +90,10 @@ def find_gap_linear_head(model: LoadedModel) -> _Head:
         handles.append(net.get_submodule(name).register_forward_hook(_capture_last(acts, name)))
     for name, mod in net.named_modules():
         if isinstance(mod, nn.Linear):
+
             def hook(m, inp, out, name=name):
                 lin_calls.append((name, m, inp[0].detach().clone(), out.detach()))
+
             handles.append(mod.register_forward_hook(hook))
     g = torch.Generator().manual_seed(0)
     x = torch.randn((2, model.channels, *model.input_size), generator=g).to(model.device)
@@ -105,8 +110,9 @@ def find_gap_linear_head(model: LoadedModel) -> _Head:
         return head
     lname, lin, lin_in, lin_out = lin_calls[-1]
     if lin_out.shape != logits.shape or not torch.allclose(lin_out, logits, rtol=1e-5, atol=1e-6):
-        head = _Head(None, lname, {n: f"the logits are not the output of the last Linear layer {lname!r}"
-                                   for n in model.layers})
+        head = _Head(
+            None, lname, {n: f"the logits are not the output of the last Linear layer {lname!r}" for n in model.layers}
+        )
         _HEADS[net] = head
         return head
     for name in model.layers:
@@ -116,13 +122,17 @@ def find_gap_linear_head(model: LoadedModel) -> _Head:
             continue
         gap = a.float().mean(dim=(2, 3))
         if lin_in.dim() != 2 or lin_in.shape != gap.shape:
-            reasons[name] = (f"the last Linear layer {lname!r} takes {tuple(lin_in.shape[1:])} features, not the "
-                             f"global average pool of {name!r} ({a.shape[1]} channels of {a.shape[2]}x{a.shape[3]})")
+            reasons[name] = (
+                f"the last Linear layer {lname!r} takes {tuple(lin_in.shape[1:])} features, not the "
+                f"global average pool of {name!r} ({a.shape[1]} channels of {a.shape[2]}x{a.shape[3]})"
+            )
             continue
         scale = float(gap.abs().max()) or 1.0
         if not torch.allclose(lin_in.float(), gap, rtol=1e-4, atol=1e-5 * scale):
-            reasons[name] = (f"the input of the last Linear layer {lname!r} is not the global average pool of "
-                             f"{name!r}'s output (another operation lies between them)")
+            reasons[name] = (
+                f"the input of the last Linear layer {lname!r} is not the global average pool of "
+                f"{name!r}'s output (another operation lies between them)"
+            )
             continue
         reasons[name] = None
     head = _Head(lin, lname, reasons)
@@ -138,8 +148,9 @@ def cam_layer(model: LoadedModel, layer: str | None) -> str:
         name = model.resolve_layer(layer, "cam")
         reason = head.reasons.get(name)
         if reason:
-            raise MethodError(f"cam needs a global-average-pool -> linear head on layer {name!r}: {reason}",
-                              field="layer")
+            raise MethodError(
+                f"cam needs a global-average-pool -> linear head on layer {name!r}: {reason}", field="layer"
+            )
         return name
     default = model.entry.target_layer or model.default_layer
     if default is not None and head.reasons.get(default) is None and default in head.reasons:

@@ -18,10 +18,11 @@ Stabiliser: ``stabilise(z, e) = z + e * sign(z)`` with sign(0) = +1 (zero
 outputs move to +e). LRP-epsilon uses the request's epsilon; the other rules a
 fixed 1e-6 (as Zennit does); LRP-0 divides only where z != 0 (0/0 -> 0).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -63,8 +64,9 @@ class LinearRule:
 
     name = "rule"
 
-    def relevance(self, f: LayerFn, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                  r: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def relevance(
+        self, f: LayerFn, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, r: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def describe(self) -> str:

@@ -24,6 +24,7 @@ input and is upsampled bilinearly; the perturbed input is x*m + blur(x)*(1-m).
   Relevance = m: the region of area a that keeps the score highest.
 Both by Adam with the mask clamped to [0,1] after every step; all samples of the batch
 are optimised together (independent losses)."""
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,9 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
                     f = torch.softmax(z, 1).gather(1, t.view(-1, 1)).squeeze(1)
                 else:
                     f = torch.where(active, (log_odds(z, t).clamp_min(s_q) - s_q) / span, torch.zeros_like(span))
-                loss = (p.l1_coeff * (1 - theta).abs().flatten(1).mean(1) + p.tv_coeff * tv_norm(theta, p.tv_beta)
-                        + f).sum()
+                loss = (
+                    p.l1_coeff * (1 - theta).abs().flatten(1).mean(1) + p.tv_coeff * tv_norm(theta, p.tv_beta) + f
+                ).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -111,22 +113,34 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
     rel = m if extremal else 1 - m
     meta = []
     for i in range(n):
-        mi = {"target_probability": float(p0[i]), "perturbed_target_probability": float(pm[i]),
-              "target_log_odds": float(s0[i]), "perturbed_target_log_odds": float(sm[i]),
-              "kept_fraction": float(m[i].mean())}
+        mi = {
+            "target_probability": float(p0[i]),
+            "perturbed_target_probability": float(pm[i]),
+            "target_log_odds": float(s0[i]),
+            "perturbed_target_log_odds": float(sm[i]),
+            "kept_fraction": float(m[i].mean()),
+        }
         if p.score == "probability" and bool(sat[i]) and not extremal:
             # the probability's gradient is 0 (or noise-level: Adam still moves the mask a little)
-            mi["warning"] = ("the target's softmax probability is exactly 0 or 1 in float32 (saturated): the "
-                             "probability objective has no gradient and the map is (near) zero and meaningless; "
-                             "use score=log_odds")
+            mi["warning"] = (
+                "the target's softmax probability is exactly 0 or 1 in float32 (saturated): the "
+                "probability objective has no gradient and the map is (near) zero and meaningless; "
+                "use score=log_odds"
+            )
         elif not bool((rel[i] != 0).any()):
             if not extremal and p.score == "log_odds" and float(p0[i]) <= p.drop_to:
                 mi["warning"] = "zero map: the target's probability is already at most drop_to, nothing to delete"
             else:
                 mi["warning"] = "zero map: the mask did not move"
         meta.append(mi)
-    used = {"variant": p.variant, "iterations": p.iterations, "blur_sigma": sigma, "learning_rate": p.learning_rate,
-            "mask_scale": p.mask_scale, "seed": seed_of(p.seed)}
+    used = {
+        "variant": p.variant,
+        "iterations": p.iterations,
+        "blur_sigma": sigma,
+        "learning_rate": p.learning_rate,
+        "mask_scale": p.mask_scale,
+        "seed": seed_of(p.seed),
+    }
     if extremal:
         used["area"] = p.area
     else:

@@ -6,6 +6,7 @@ out of the image and are cropped, so every pixel is covered when stride <= windo
 The window hides all channels. Relevance of a pixel = mean over the windows that
 cover it of S_c(x) - S_c(x with the window filled), S_c the target's pre-softmax
 score. Many occluded copies go through the network in one forward pass."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ def _indicators(size: int, window: int, stride: int, dtype, device) -> torch.Ten
     pos = positions(size, window, stride)
     ind = torch.zeros(len(pos), size, dtype=dtype, device=device)
     for k, p in enumerate(pos):
-        ind[k, p:p + window] = 1
+        ind[k, p : p + window] = 1
     return ind
 
 
@@ -55,7 +56,7 @@ def occlusion_maps(ctx: Context, window: int, stride: int, fill: torch.Tensor) -
             i, p = j // per, j % per
             mask = (ry_b[p // cols][:, :, None] & cx_b[p % cols][:, None, :]).unsqueeze(1)  # (B, 1, H, W)
             imgs = torch.where(mask, fill[i], x[i])
-            drops[s:s + len(j)] = base[i] - target_scores(net(imgs), ctx.targets[i]).double()
+            drops[s : s + len(j)] = base[i] - target_scores(net(imgs), ctx.targets[i]).double()
             ctx.progress(min(s + chunk, total) / total)
     d = drops.view(n, rows, cols)
     sums = torch.einsum("rh,nrk,kw->nhw", ry, d, cx)

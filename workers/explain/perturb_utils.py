@@ -1,5 +1,6 @@
 """Helpers shared by the perturbation methods: fills on the pixel scale, Gaussian blur,
 batch sizes for many perturbed copies, seeds."""
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     out = x
     for dim, size in ((3, w), (2, h)):
         r = min(radius, size - 1)
-        kk = k[radius - r: radius + r + 1]
+        kk = k[radius - r : radius + r + 1]
         kk = kk / kk.sum()
         if r == 0:
             continue
@@ -84,6 +85,7 @@ def clamp_box(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
 # (the demo model: about half of the generated images), so any objective built on p_t, or on
 # the gradient of the cross-entropy (softmax - onehot), is then exactly constant / zero. The
 # scores below are computed from the logits and keep their resolution at any confidence.
+
 
 def log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log(p_t / (1 - p_t)) = z_t - logsumexp_{j != t} z_j per sample, from the logits z (N, K).

@@ -6,4 +6,5 @@
 - ``lime``: workers/explain/lime.py
 - ``meaningful_perturbation``: workers/explain/meaningful.py
 """
+
 from workers.explain import attacks, generators, lime, meaningful, occlusion  # noqa: F401

@@ -1,5 +1,6 @@
 """From a method's raw relevance to the client's map: reduce over channels,
 resize to the client's image size, normalise (DESIGN.md §3)."""
+
 from __future__ import annotations
 
 import torch

@@ -17,9 +17,10 @@ kind of rectifier with their own f' (1[0 < x < max]; 1 or the slope).
 Everything else (ELU, GELU, SiLU, Hardswish, clamp, ``hardtanh`` with a
 non-zero lower bound...) is not intercepted and passes the plain gradient.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

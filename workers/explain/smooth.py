@@ -7,6 +7,7 @@ normalised C x H x W tensor. Sample i's noise comes from its own
 ``torch.Generator`` seeded with ``seed`` (drawn on the CPU, so the same on any
 device), one (C, H, W) draw per noisy copy in order: the map of an image depends
 neither on the other images of the batch nor on ``internal_batch_size``."""
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,22 @@ from workers.explain.base import IMPLEMENTATIONS, Attribution, Context, Explaine
 DEFAULT_SEED = 0
 DEFAULT_BATCH = 16
 
+
 def noise_sigma(x: torch.Tensor, noise_level: float) -> torch.Tensor:
     """(N,) sigma per sample."""
     flat = x.detach().flatten(1)
     return noise_level * (flat.max(dim=1).values - flat.min(dim=1).values)
 
-def smooth(ctx: Context, fn: Explainer, params: Params, samples: int, noise_level: float, seed: int | None,
-           batch: int = DEFAULT_BATCH) -> tuple[torch.Tensor, dict[str, Any]]:
+
+def smooth(
+    ctx: Context,
+    fn: Explainer,
+    params: Params,
+    samples: int,
+    noise_level: float,
+    seed: int | None,
+    batch: int = DEFAULT_BATCH,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """(mean map over ``samples`` noisy copies, the base method's used_params)."""
     x, t = ctx.x, ctx.targets
     n = x.shape[0]
@@ -43,8 +53,9 @@ def smooth(ctx: Context, fn: Explainer, params: Params, samples: int, noise_leve
         noise = torch.stack([torch.randn(x.shape[1:], generator=gens[i], dtype=torch.float32) for i in idx])
         i_t = torch.tensor(idx, device=x.device)
         xin = x[i_t] + sigma[i_t].view(-1, 1, 1, 1) * noise.to(device=x.device, dtype=x.dtype)
-        sub = Context(model=ctx.model, x=xin, targets=t[i_t], params=params,
-                      progress=ctx.progress.sub(lo_j / total, hi_j / total))
+        sub = Context(
+            model=ctx.model, x=xin, targets=t[i_t], params=params, progress=ctx.progress.sub(lo_j / total, hi_j / total)
+        )
         att = fn(sub)
         used = att.used_params
         m = att.maps.detach()
@@ -54,8 +65,10 @@ def smooth(ctx: Context, fn: Explainer, params: Params, samples: int, noise_leve
         ctx.progress(hi_j / total)
     return acc / samples, used
 
+
 def smooth_meta(x: torch.Tensor, noise_level: float, samples: int) -> list[dict[str, Any]]:
     return [{"samples": samples, "noise_sigma": float(s)} for s in noise_sigma(x, noise_level)]
+
 
 def apply_modifier(ctx: Context, method: str) -> Attribution:
     """The ``smoothgrad`` modifier object of a gradient method's params (seed null: 0)."""
@@ -65,15 +78,25 @@ def apply_modifier(ctx: Context, method: str) -> Attribution:
     used = {**used, "smoothgrad": {"samples": sg.samples, "noise_level": sg.noise_level, "seed": seed}}
     return Attribution(maps, used_params=used, meta=smooth_meta(ctx.x, sg.noise_level, sg.samples))
 
+
 @register("smoothgrad")
 def smoothgrad(ctx: Context) -> Attribution:
     p = ctx.params
     base_params = p.base_model()
-    maps, used = smooth(ctx, IMPLEMENTATIONS[p.base], base_params, p.samples, p.noise_level, p.seed,
-                        p.internal_batch_size)
+    maps, used = smooth(
+        ctx, IMPLEMENTATIONS[p.base], base_params, p.samples, p.noise_level, p.seed, p.internal_batch_size
+    )
     base_used = {k: v for k, v in base_params.model_dump().items() if k != "smoothgrad"}
     base_used.update(used)
-    return Attribution(maps, used_params={"samples": p.samples, "noise_level": p.noise_level, "base": p.base,
-                                          "base_params": base_used, "seed": p.seed,
-                                          "internal_batch_size": p.internal_batch_size},
-                       meta=smooth_meta(ctx.x, p.noise_level, p.samples))
+    return Attribution(
+        maps,
+        used_params={
+            "samples": p.samples,
+            "noise_level": p.noise_level,
+            "base": p.base,
+            "base_params": base_used,
+            "seed": p.seed,
+            "internal_batch_size": p.internal_batch_size,
+        },
+        meta=smooth_meta(ctx.x, p.noise_level, p.samples),
+    )

@@ -22,21 +22,32 @@ lrp epsilon_alpha2_beta1      alpha2beta1        alpha2beta1          epsilon
 deep_taylor                   z^B or w^2         z+ (no bias)         z+ (no bias)
 ============================  =================  ===================  ==============
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register, target_scores
 from workers.explain.canonize import COVERED, Analysis, CheckedRuleMode, _arg, model_analysis
-from workers.explain.deeplift import (CONV_ARGS, LINEAR_ARGS, bind_batch_norm, bind_linear, deeplift,
-                                      reference_input)
+from workers.explain.deeplift import CONV_ARGS, LINEAR_ARGS, bind_batch_norm, bind_linear, deeplift, reference_input
 from workers.explain.engine import Rule, finish_inplace
-from workers.explain.lrp_rules import (STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, LinearRule, NormFunction,
-                                       RelevanceFunction, WSquare, ZBox, ZPlus)
+from workers.explain.lrp_rules import (
+    STABILIZER,
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    LinearRule,
+    NormFunction,
+    RelevanceFunction,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
 from workers.loading import LoadedModel
 
 Chooser = Callable[[int, bool], LinearRule]  # (layer number, is conv) -> rule
@@ -44,13 +55,18 @@ Chooser = Callable[[int, bool], LinearRule]  # (layer number, is conv) -> rule
 
 # ---- choosing rules ------------------------------------------------------------------------------------
 
+
 def lrp_chooser(params, low: torch.Tensor, high: torch.Tensor) -> Chooser:
     eps, bias = params.epsilon, params.bias
     dense = Epsilon(eps, bias)
     comp = params.composite
     if comp is None:
-        rule = {"zero": Epsilon(0.0, bias), "epsilon": Epsilon(eps, bias), "gamma": Gamma(params.gamma, bias),
-                "alpha_beta": AlphaBeta(params.alpha, params.beta, bias)}[params.rule]
+        rule = {
+            "zero": Epsilon(0.0, bias),
+            "epsilon": Epsilon(eps, bias),
+            "gamma": Gamma(params.gamma, bias),
+            "alpha_beta": AlphaBeta(params.alpha, params.beta, bias),
+        }[params.rule]
         return lambda i, conv: rule
     if comp == "epsilon_plus_flat":
         first, conv_rule = Flat(), ZPlus(bias)
@@ -71,6 +87,7 @@ def deep_taylor_chooser(params, low: torch.Tensor, high: torch.Tensor) -> Choose
 
 
 # ---- per-call rules of the LRP pass ----------------------------------------------------------------
+
 
 class LinearLayerRule(Rule):
     """conv2d and linear calls: numbered in call order (layer 0 = first), folded BN params used."""
@@ -158,17 +175,31 @@ class PoolRule(Rule):
         return NormFunction.apply(lambda p: func(p, *rest, **kw), self.eps, x)
 
 
-def relevance_pass(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, choose: Chooser, bias: bool,
-                   method: str, norm_eps: float = STABILIZER) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def relevance_pass(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    choose: Chooser,
+    bias: bool,
+    method: str,
+    norm_eps: float = STABILIZER,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(relevance at the input (N, C, H, W), logits, rule per conv/linear call).
 
     ``norm_eps``: stabiliser of the proportional rule at additions and average pools."""
     analysis = model_analysis(model)
     layers = LinearLayerRule(choose, analysis)
     pool = PoolRule(norm_eps)
-    rules = {"conv2d": layers, "linear": layers, "batch_norm": BatchNormRule(layers, bias),
-             "add": AddRule(bias, norm_eps),
-             "avg_pool2d": pool, "adaptive_avg_pool2d": pool, "mean": pool, "sum": pool}
+    rules = {
+        "conv2d": layers,
+        "linear": layers,
+        "batch_norm": BatchNormRule(layers, bias),
+        "add": AddRule(bias, norm_eps),
+        "avg_pool2d": pool,
+        "adaptive_avg_pool2d": pool,
+        "mean": pool,
+        "sum": pool,
+    }
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
         with CheckedRuleMode(rules, COVERED["lrp"], method):
@@ -204,8 +235,9 @@ def lrp(ctx: Context) -> Attribution:
     low, high = ctx.model.input_bounds()
     ctx.progress(0.0)
     lrp0 = p.composite is None and p.rule == "zero"  # Eq. 12 unstabilised, also at additions and pools
-    rel, logits, used = relevance_pass(ctx.model, ctx.x, ctx.targets, lrp_chooser(p, low, high), p.bias, "lrp",
-                                       0.0 if lrp0 else STABILIZER)
+    rel, logits, used = relevance_pass(
+        ctx.model, ctx.x, ctx.targets, lrp_chooser(p, low, high), p.bias, "lrp", 0.0 if lrp0 else STABILIZER
+    )
     ctx.progress(1.0)
     params = p.model_dump()
     params["layer_rules"] = dict(Counter(used))
@@ -217,11 +249,15 @@ def deep_taylor(ctx: Context) -> Attribution:
     p = ctx.params
     low, high = ctx.model.input_bounds()
     ctx.progress(0.0)
-    rel, logits, used = relevance_pass(ctx.model, ctx.x, ctx.targets, deep_taylor_chooser(p, low, high), False,
-                                       "deep_taylor")
+    rel, logits, used = relevance_pass(
+        ctx.model, ctx.x, ctx.targets, deep_taylor_chooser(p, low, high), False, "deep_taylor"
+    )
     ctx.progress(1.0)
-    return Attribution(rel, used_params={"input_rule": p.input_rule, "layer_rules": dict(Counter(used))},
-                       meta=_lrp_meta(rel, logits, ctx.targets))
+    return Attribution(
+        rel,
+        used_params={"input_rule": p.input_rule, "layer_rules": dict(Counter(used))},
+        meta=_lrp_meta(rel, logits, ctx.targets),
+    )
 
 
 @register("deeplift", applicable=_check("deeplift"))
@@ -232,5 +268,6 @@ def deeplift_method(ctx: Context) -> Attribution:
     dtype = torch.float64 if p.precision == "float64" and ctx.x.device.type != "mps" else torch.float32
     attr, meta = deeplift(ctx.net, ctx.x, x0, ctx.targets, p.rule, dtype)
     ctx.progress(1.0)
-    return Attribution(attr, used_params={"rule": p.rule, **used, "precision": str(dtype).replace("torch.", "")},
-                       meta=meta)
+    return Attribution(
+        attr, used_params={"rule": p.rule, **used, "precision": str(dtype).replace("torch.", "")}, meta=meta
+    )

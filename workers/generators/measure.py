@@ -13,6 +13,7 @@
   uniform map would get); per decision: flip/keep rates; the edits' mean L1 / L2 distance to x on
   the [0, 1] pixel scale.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ import sys
 
 import numpy as np
 import torch
-
 
 
 def demo_model():
@@ -54,12 +54,16 @@ def deepfool_figures(model, n: int = 100, seed: int = 4242) -> dict:
         t = model.module(x).argmax(1)
     metas = []
     for s in range(0, n, 25):
-        metas += attribute(model, x[s:s + 25], t[s:s + 25], "adversarial", {"attack": "deepfool"}).meta
+        metas += attribute(model, x[s : s + 25], t[s : s + 25], "adversarial", {"attack": "deepfool"}).meta
     flipped = [m["flipped"] for m in metas]
     rel = [m["relative_l2"] for m in metas]
-    return {"images": n, "flip_rate": float(np.mean(flipped)), "median_relative_l2": float(np.median(rel)),
-            "median_linf": float(np.median([m["linf"] for m in metas])),
-            "median_iterations": float(np.median([m["iterations"] for m in metas]))}
+    return {
+        "images": n,
+        "flip_rate": float(np.mean(flipped)),
+        "median_relative_l2": float(np.median(rel)),
+        "median_linf": float(np.median([m["linf"] for m in metas])),
+        "median_iterations": float(np.median([m["iterations"] for m in metas])),
+    }
 
 
 def mass_inside(maps: torch.Tensor, masks: np.ndarray) -> np.ndarray:
@@ -81,7 +85,7 @@ def generator_figures(model, n: int = 200, seed: int = 300) -> dict:
         d = model.module(x).argmax(1)
     metas, maps = [], []
     for s in range(0, n, 100):
-        att = attribute(model, x[s:s + 100], d[s:s + 100], "adversarial_generators")
+        att = attribute(model, x[s : s + 100], d[s : s + 100], "adversarial_generators")
         metas += att.meta
         maps.append(att.maps.sum(1))
     r = torch.cat(maps)
@@ -102,23 +106,38 @@ def generator_figures(model, n: int = 200, seed: int = 300) -> dict:
         return float(np.mean([m[key] for m in metas]))
 
     def mass(sel: np.ndarray) -> dict:
-        return {"generators": float(mg[sel].mean()), "gradcam": float(mc[sel].mean()),
-                "uniform": float(area[sel].mean()), "images": int(sel.sum())}
+        return {
+            "generators": float(mg[sel].mean()),
+            "gradcam": float(mc[sel].mean()),
+            "uniform": float(area[sel].mean()),
+            "images": int(sel.sum()),
+        }
 
-    return {"images": n, "seed": seed, "classifier_accuracy": float((d == y).float().mean()),
-            "decided_positive": int(dn.sum()),
-            "similar_keeps": float(keep.mean()), "adversarial_flips": float(flip.mean()),
-            "adversarial_flips_per_decision": {model.labels[k]: float(flip[dn == k].mean()) for k in (0, 1)},
-            "similar_keeps_per_decision": {model.labels[k]: float(keep[dn == k].mean()) for k in (0, 1)},
-            "distance_to_input_pixel_scale": {"similar_l1": mean("similar_l1"), "similar_l2": mean("similar_l2"),
-                                              "adversarial_l1": mean("adversarial_l1"),
-                                              "adversarial_l2": mean("adversarial_l2"),
-                                              "input_l2": float((x * sd + mu).flatten(1).norm(dim=1).mean())},
-            "mass_inside_object": mass(np.ones(n, bool)),
-            "mass_inside_object_positives": mass(pos),
-            "mass_inside_object_negatives": mass(~pos),
-            "mass_within_3px_of_object": {"generators": float(ng.mean()), "gradcam": float(nc.mean()),
-                                          "uniform": float(near.reshape(n, -1).mean(1).mean())}}
+    return {
+        "images": n,
+        "seed": seed,
+        "classifier_accuracy": float((d == y).float().mean()),
+        "decided_positive": int(dn.sum()),
+        "similar_keeps": float(keep.mean()),
+        "adversarial_flips": float(flip.mean()),
+        "adversarial_flips_per_decision": {model.labels[k]: float(flip[dn == k].mean()) for k in (0, 1)},
+        "similar_keeps_per_decision": {model.labels[k]: float(keep[dn == k].mean()) for k in (0, 1)},
+        "distance_to_input_pixel_scale": {
+            "similar_l1": mean("similar_l1"),
+            "similar_l2": mean("similar_l2"),
+            "adversarial_l1": mean("adversarial_l1"),
+            "adversarial_l2": mean("adversarial_l2"),
+            "input_l2": float((x * sd + mu).flatten(1).norm(dim=1).mean()),
+        },
+        "mass_inside_object": mass(np.ones(n, bool)),
+        "mass_inside_object_positives": mass(pos),
+        "mass_inside_object_negatives": mass(~pos),
+        "mass_within_3px_of_object": {
+            "generators": float(ng.mean()),
+            "gradcam": float(nc.mean()),
+            "uniform": float(near.reshape(n, -1).mean(1).mean()),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

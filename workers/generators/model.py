@@ -13,6 +13,7 @@
 Weights file: ``generators-<model name>.safetensors`` with metadata naming the classifier
 (``classifier_sha256``, a hash of its parameters) so that a retrained classifier is never
 explained with stale generators."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -35,11 +35,21 @@ class BinaryCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),  # 0-3
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),  # 4-7
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),  # 8-10 (16 px)
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 0-3
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4-7
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(),  # 8-10 (16 px)
             nn.MaxPool2d(2),  # 11
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),  # 12-14 (8 px)
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(),  # 12-14 (8 px)
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
@@ -105,8 +115,9 @@ class GeneratorPair(nn.Module):
         delta = self.bound * torch.tanh(delta / self.bound)
         return torch.max(torch.min(x + delta, hi), lo)
 
-    def forward(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                decision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, decision: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(g_s(x), g_a(x)), both in the input box [lo, hi] (per channel); ``decision`` (N,) in {0, 1}:
         the classifier's decision on x, which selects the adversarial decoder."""
         e = self.encode(x)
@@ -147,8 +158,9 @@ def load_generators(path: Path) -> tuple[GeneratorPair, dict[str, str]]:
 
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
-    pair = GeneratorPair(channels=int(meta.get("channels", 3)), width=int(meta.get("width", 8)),
-                         bound=float(meta.get("bound", 2.0)))
+    pair = GeneratorPair(
+        channels=int(meta.get("channels", 3)), width=int(meta.get("width", 8)), bound=float(meta.get("bound", 2.0))
+    )
     pair.load_state_dict(load_file(str(path)), strict=True)
     pair.eval()
     for p in pair.parameters():

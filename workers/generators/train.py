@@ -23,6 +23,7 @@ Everything is seeded; data: workers/data/shapes.py (train seed 100, held-out rep
 tests and ``python -m workers.generators.measure`` use seed 300). With the defaults: 6-13 minutes
 on one thread of a shared 2-core machine; the run is bit-reproducible with one thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from workers.data.shapes import LABELS, generate, to_tensor
-from workers.generators.model import (WEIGHTS_DIR, GeneratorPair, binary_cnn, fingerprint, generators_path,
-                                      save_generators)
+from workers.generators.model import (
+    WEIGHTS_DIR,
+    GeneratorPair,
+    binary_cnn,
+    fingerprint,
+    save_generators,
+)
 
 MEAN, STD = 0.5, 0.25
 LO, HI = (0 - MEAN) / STD, (1 - MEAN) / STD
@@ -63,14 +69,15 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, 
     net = binary_cnn(2)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(x) + batch - 1) // batch),
-                                                pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=3e-3, total_steps=epochs * ((len(x) + batch - 1) // batch), pct_start=0.2
+    )
     for ep in range(epochs):
         net.train()
         perm = torch.randperm(len(x), generator=g)
         tot, correct = 0.0, 0
         for s in range(0, len(x), batch):
-            idx = perm[s:s + batch]
+            idx = perm[s : s + batch]
             xb = x[idx]
             flip = torch.rand(len(idx), generator=g) < 0.5  # horizontal flips: shapes stay shapes
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
@@ -114,14 +121,28 @@ def balanced_batches(decision: torch.Tensor, batch: int, steps: int, g: torch.Ge
             if pos[k] + sizes[k] > len(perms[k]):
                 perms[k] = groups[k][torch.randperm(len(groups[k]), generator=g)]
                 pos[k] = 0
-            out.append(perms[k][pos[k]:pos[k] + sizes[k]])
+            out.append(perms[k][pos[k] : pos[k] + sizes[k]])
             pos[k] += sizes[k]
         yield torch.cat(out)
 
 
-def train_generators(net: torch.nn.Module, x: torch.Tensor, steps: int, batch: int, w_rec: float, w_sim: float,
-                     w_tv: float, kappa: float, bound: float, width: int, lr: float, log, w_sim_start: float | None = None,
-                     share0: float = 0.5, augment: bool = True) -> GeneratorPair:
+def train_generators(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    steps: int,
+    batch: int,
+    w_rec: float,
+    w_sim: float,
+    w_tv: float,
+    kappa: float,
+    bound: float,
+    width: int,
+    lr: float,
+    log,
+    w_sim_start: float | None = None,
+    share0: float = 0.5,
+    augment: bool = True,
+) -> GeneratorPair:
     """Both generators against the frozen classifier ``net`` (decision d = argmax on x):
 
     - g_s: w_rec * L1(g_s(x), x) + margin(f(g_s(x)), keep d)
@@ -139,8 +160,10 @@ def train_generators(net: torch.nn.Module, x: torch.Tensor, steps: int, batch: i
     lo = torch.full((1, x.shape[1], 1, 1), LO)
     hi = torch.full((1, x.shape[1], 1, 1), HI)
     with torch.no_grad():
-        decision = torch.cat([net(x[s:s + 256]).argmax(1) for s in range(0, len(x), 256)])
-    log(f"decisions on the training images: {int((decision == 1).sum())} positive, {int((decision == 0).sum())} negative")
+        decision = torch.cat([net(x[s : s + 256]).argmax(1) for s in range(0, len(x), 256)])
+    log(
+        f"decisions on the training images: {int((decision == 1).sum())} positive, {int((decision == 0).sum())} negative"
+    )
     g = torch.Generator().manual_seed(3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     every = max(1, steps // 10)
@@ -175,9 +198,11 @@ def train_generators(net: torch.nn.Module, x: torch.Tensor, steps: int, batch: i
                 flip[k] += float((la.argmax(1)[sel] != k).sum())
                 cnt[k] += float(sel.sum())
         if (it + 1) % every == 0 or it + 1 == steps:
-            log(f"generators step {it + 1}/{steps}: loss {float(loss.detach()):.4f} (s {float(loss_s.detach()):.3f}, "
+            log(
+                f"generators step {it + 1}/{steps}: loss {float(loss.detach()):.4f} (s {float(loss_s.detach()):.3f}, "
                 f"a {float(loss_a.detach()):.3f}) similar keeps {(keep / cnt).tolist()} adversarial flips "
-                f"{(flip / cnt).tolist()} (per decision 0/1) |ga-x| {float((ga - xb).abs().mean()):.4f}")
+                f"{(flip / cnt).tolist()} (per decision 0/1) |ga-x| {float((ga - xb).abs().mean()):.4f}"
+            )
             keep.zero_(), flip.zero_(), cnt.zero_()
     pair.eval()
     return pair
@@ -189,8 +214,11 @@ def distances(x: torch.Tensor, g: torch.Tensor) -> dict:
     dx = (g - x) * STD
     xp = x * STD + MEAN
     l2 = dx.flatten(1).norm(dim=1)
-    return {"l1_per_element": float(dx.abs().mean()), "l2": float(l2.mean()),
-            "relative_l2": float((l2 / xp.flatten(1).norm(dim=1)).mean())}
+    return {
+        "l1_per_element": float(dx.abs().mean()),
+        "l2": float(l2.mean()),
+        "relative_l2": float((l2 / xp.flatten(1).norm(dim=1)).mean()),
+    }
 
 
 def evaluate(net: torch.nn.Module, pair: GeneratorPair, x: torch.Tensor) -> dict:
@@ -198,16 +226,21 @@ def evaluate(net: torch.nn.Module, pair: GeneratorPair, x: torch.Tensor) -> dict
     lo = torch.full((1, x.shape[1], 1, 1), LO)
     hi = torch.full((1, x.shape[1], 1, 1), HI)
     with torch.no_grad():
-        d = torch.cat([net(x[s:s + 256]).argmax(1) for s in range(0, len(x), 256)])
-        gs, ga = zip(*(pair(x[s:s + 256], lo, hi, d[s:s + 256]) for s in range(0, len(x), 256)))
+        d = torch.cat([net(x[s : s + 256]).argmax(1) for s in range(0, len(x), 256)])
+        gs, ga = zip(*(pair(x[s : s + 256], lo, hi, d[s : s + 256]) for s in range(0, len(x), 256)))
         gs, ga = torch.cat(gs), torch.cat(ga)
         ks = net(gs).argmax(1) == d
         fa = net(ga).argmax(1) != d
-    return {"images": len(x), "decided_positive": int((d == 1).sum()),
-            "similar_keeps": float(ks.float().mean()), "adversarial_flips": float(fa.float().mean()),
-            "adversarial_flips_per_decision": {str(k): float(fa[d == k].float().mean()) for k in (0, 1)},
-            "similar_keeps_per_decision": {str(k): float(ks[d == k].float().mean()) for k in (0, 1)},
-            "similar_distance": distances(x, gs), "adversarial_distance": distances(x, ga)}
+    return {
+        "images": len(x),
+        "decided_positive": int((d == 1).sum()),
+        "similar_keeps": float(ks.float().mean()),
+        "adversarial_flips": float(fa.float().mean()),
+        "adversarial_flips_per_decision": {str(k): float(fa[d == k].float().mean()) for k in (0, 1)},
+        "similar_keeps_per_decision": {str(k): float(ks[d == k].float().mean()) for k in (0, 1)},
+        "similar_distance": distances(x, gs),
+        "adversarial_distance": distances(x, ga),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,8 +265,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-augment", action="store_true", help="no flips / quarter turns in generator training")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--train-classifier", action="store_true",
-                    help="also (re)train the classifier (default: use the committed binary-<model> weights)")
+    ap.add_argument(
+        "--train-classifier",
+        action="store_true",
+        help="also (re)train the classifier (default: use the committed binary-<model> weights)",
+    )
     ap.add_argument("--skip-classifier", action="store_true", help=argparse.SUPPRESS)  # the default now
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     a = ap.parse_args(argv)
@@ -260,25 +296,50 @@ def main(argv: list[str] | None = None) -> None:
         for p in net.parameters():
             p.requires_grad_(False)
     else:
-        net = train_classifier(x[:a.train], y[:a.train], a.classifier_epochs, a.batch, log)
+        net = train_classifier(x[: a.train], y[: a.train], a.classifier_epochs, a.batch, log)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cls_path))
         (a.out / f"binary-{a.model}.labels.txt").write_text(f"not-{a.positive}\n{a.positive}\n")
     with torch.no_grad():
         acc = float((net(xh).argmax(1) == yh).float().mean())
     log(f"classifier held-out accuracy {acc:.4f} ({cls_path.name})")
 
-    xg = x[:a.generator_train]
-    pair = train_generators(net, xg, a.generator_steps, a.generator_batch, a.w_rec, a.w_sim, a.w_tv, a.kappa, a.bound,
-                            a.width, a.lr, log, a.w_sim_start, a.share_negative,
-                            not a.no_augment)
+    xg = x[: a.generator_train]
+    pair = train_generators(
+        net,
+        xg,
+        a.generator_steps,
+        a.generator_batch,
+        a.w_rec,
+        a.w_sim,
+        a.w_tv,
+        a.kappa,
+        a.bound,
+        a.width,
+        a.lr,
+        log,
+        a.w_sim_start,
+        a.share_negative,
+        not a.no_augment,
+    )
     res = evaluate(net, pair, xh)
     out = a.out / f"generators-{a.model}.safetensors"
-    save_generators(pair, out, {"classifier_sha256": fingerprint(net), "channels": x.shape[1], "width": a.width,
-                                "bound": a.bound, "model": a.model, "positive": a.positive,
-                                "command": "python -m workers.generators.train " + " ".join(argv if argv is not None
-                                                                                            else sys.argv[1:])})
-    log(f"generators held-out: similar keeps {res['similar_keeps']:.4f}, adversarial flips "
-        f"{res['adversarial_flips']:.4f} -> {out}")
+    save_generators(
+        pair,
+        out,
+        {
+            "classifier_sha256": fingerprint(net),
+            "channels": x.shape[1],
+            "width": a.width,
+            "bound": a.bound,
+            "model": a.model,
+            "positive": a.positive,
+            "command": "python -m workers.generators.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        },
+    )
+    log(
+        f"generators held-out: similar keeps {res['similar_keeps']:.4f}, adversarial flips "
+        f"{res['adversarial_flips']:.4f} -> {out}"
+    )
     print(json.dumps({"classifier_heldout_accuracy": acc, **res, "seconds": round(time.time() - t0, 1)}, indent=2))
 
 

@@ -1,8 +1,9 @@
 """Architectures the registry can name: ``whitebox.<name>``, ``torchvision.<name>`` or ``module:callable``."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -7,6 +7,7 @@ the head sees *which* features fire, not where, so it learns a translation-
 invariant classifier from few images (and the relevance stays on the object).
 Plain Conv2d / ReLU / MaxPool2d / Dropout / Linear only (no normalisation layers),
 so every LRP rule applies. Trained by ``python -m workers.train``."""
+
 from __future__ import annotations
 
 import torch
@@ -18,15 +19,23 @@ class ShapesCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 0-2: 64 -> 32
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),        # 3-5: 32 -> 16
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),    # 6-8: 16 -> 8
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(inplace=True),                     # 9-10: 8x8
-            nn.MaxPool2d(8),                                                                   # 11: 8 -> 1
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 0-2: 64 -> 32
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 3-5: 32 -> 16
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 6-8: 16 -> 8
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
+            nn.ReLU(inplace=True),  # 9-10: 8x8
+            nn.MaxPool2d(8),  # 11: 8 -> 1
         )
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(4 * w, 256), nn.ReLU(inplace=True),
+            nn.Linear(4 * w, 256),
+            nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(256, num_classes),
         )
