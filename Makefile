@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 train: $(STAMP)
-	$(PY) -m workers.train
+	$(PY) -m workers.training.demo_model
 
 clean:
 	rm -rf $(VENV) .whitebox-data

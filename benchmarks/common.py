@@ -21,7 +21,7 @@ def build_model(name: str, size: int = 224, num_classes: int = 1000, seed: int =
     """``demo``: the registry's trained shapes-cnn at its own 64x64 input; a torchvision
     architecture: seeded random weights (never downloaded) at ``size`` x ``size``."""
     from schemas.registry import ModelEntry, load_registry
-    from workers.loading import load_model
+    from workers.models.loading import load_model
 
     if name in ("demo", "shapes-cnn"):
         reg = load_registry()

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_WEIGHTS = ROOT / "workers" / "weights" / "shapes-cnn.safetensors"
+DEMO_WEIGHTS = ROOT / "workers" / "models" / "weights" / "shapes-cnn.safetensors"
 
 
 def write_registry(tmp: Path, size: int, torchvision_models: list[str]) -> Path:
@@ -31,7 +31,7 @@ def write_registry(tmp: Path, size: int, torchvision_models: list[str]) -> Path:
     import torchvision
     from safetensors.torch import save_file
 
-    from workers.data.shapes import LABELS
+    from workers.training.shapes import LABELS
 
     models = [
         {
@@ -65,7 +65,7 @@ def write_registry(tmp: Path, size: int, torchvision_models: list[str]) -> Path:
 
 class Stack:
     def __init__(self, tmp: Path, registry: Path, threads: int):
-        from service.embedded_redis import EmbeddedRedis, free_port
+        from cli.embedded_redis import EmbeddedRedis, free_port
 
         self.tmp = tmp
         self.redis = EmbeddedRedis(tmp / "redis").start()

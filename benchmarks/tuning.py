@@ -12,7 +12,7 @@ from workers.explain import attribute
 
 def _items(model, n: int, methods: list, outputs: list[str]):
     from schemas.api import ExplainRequest
-    from workers.pipeline import Item
+    from workers.serving.pipeline import Item
 
     h, w = model.input_size
     out = []
@@ -28,7 +28,7 @@ def _items(model, n: int, methods: list, outputs: list[str]):
 def batch_sweep(model, sizes: list[int], methods: list, runs: int, outputs=("heatmap_png",), log=print) -> list[dict]:
     """Per-request cost of ``run_batch`` over a batch of b identical-method requests (different
     images), fused and unfused: what the worker gains by batching, without the queue."""
-    from workers.pipeline import run_batch
+    from workers.serving.pipeline import run_batch
 
     rows = []
     for b in sizes:

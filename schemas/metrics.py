@@ -189,7 +189,10 @@ def _metric(**kw) -> MetricSpec:
     return spec
 
 
-_BYL = "Bylinskii, Judd, Oliva, Torralba, Durand, 'What do different evaluation metrics tell us about saliency models?', TPAMI 41(3) 2019"
+_BYL = (
+    "Bylinskii, Judd, Oliva, Torralba, Durand, "
+    "'What do different evaluation metrics tell us about saliency models?', TPAMI 41(3) 2019"
+)
 _sim = dict(family="similarity", needs_ground_truth=True, compare=True)
 _metric(name="cc", summary="Pearson correlation coefficient of the two maps", reference=_BYL + ", §3.2.1", **_sim)
 _metric(

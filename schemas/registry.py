@@ -71,7 +71,7 @@ class Registry(BaseModel):
         return [str(i) for i in range(entry.num_classes)]
 
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "workers" / "registry" / "default.yaml"
+DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "workers" / "models" / "registry" / "default.yaml"
 
 
 def load_registry(path: str | Path | None = None) -> Registry:

@@ -1,5 +1,3 @@
-import sys
+from service.server import run
 
-from service.cli import main
-
-sys.exit(main(["gateway"]))
+run()

@@ -19,9 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.images import decode_image
+from common.telemetry import GatewayMetrics
 from schemas import queue as q
 from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest, JobAccepted
-from schemas.images import decode_image
 from schemas.methods import CATALOG
 from schemas.problems import (
     CancelledProblem,
@@ -37,7 +38,6 @@ from schemas.problems import (
 )
 from schemas.registry import Registry, load_registry
 from schemas.settings import Settings
-from schemas.telemetry import GatewayMetrics
 from service.limits import BodyLimit
 
 log = logging.getLogger("whitebox.gateway")

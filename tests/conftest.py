@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from service.embedded_redis import EmbeddedRedis, free_port
-from workers.data.shapes import LABELS as SHAPES_LABELS
+from cli.embedded_redis import EmbeddedRedis, free_port
+from workers.training.shapes import LABELS as SHAPES_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS = ROOT / "workers" / "weights" / "shapes-cnn.safetensors"
+WEIGHTS = ROOT / "workers" / "models" / "weights" / "shapes-cnn.safetensors"
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 # torchvision architectures served by the test stack with seeded weights, 64x64 inputs
 STACK_TORCHVISION = ["resnet18", "vgg11", "mobilenet_v3_small"]

@@ -159,7 +159,7 @@ def images() -> dict[str, str]:
     """The input image per model (fixed bytes), as base64 PNG: a shapes image at the model's size
     and, for the ResNet, the same image at 80x72 so that maps are resized to the client's size."""
     from tests.helpers import png_b64
-    from workers.data.shapes import generate
+    from workers.training.shapes import generate
 
     imgs, _, _ = generate(2, seed=777)
     star = imgs[1]

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from schemas.registry import ModelEntry, load_registry
-from workers.loading import LoadedModel, load_model
+from workers.models.loading import LoadedModel, load_model
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

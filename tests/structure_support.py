@@ -10,7 +10,7 @@ import torch.nn as nn
 import torchvision
 
 from schemas.registry import ModelEntry
-from workers.loading import LoadedModel, load_model
+from workers.models.loading import LoadedModel, load_model
 from workers.models.shapes_cnn import ShapesCNN
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -1,5 +1,5 @@
 """DeepFool on the trained demo model: the perturbation flips the prediction on >= 95 % of
-100 generated images (the images of `python -m workers.generators.measure deepfool`:
+100 generated images (the images of `python -m workers.training.measure deepfool`:
 generate(100, 4242)), also on the images whose softmax probability is exactly 1.0 in float32
 (DeepFool works on the logits and does not saturate). Figures in docs/perturbation.md."""
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.data.shapes import generate, to_tensor
 from workers.explain import attribute
-from workers.generators.measure import demo_model
+from workers.training.measure import demo_model
+from workers.training.shapes import generate, to_tensor
 
 torch.set_num_threads(1)
 
@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 def test_deepfool_flips_demo_model():
     m = demo_model()
     if m is None:
-        pytest.skip("workers/weights/shapes-cnn.safetensors is absent (demo model not trained yet)")
+        pytest.skip("workers/models/weights/shapes-cnn.safetensors is absent (demo model not trained yet)")
     x = to_tensor(generate(100, 4242)[0])
     with torch.no_grad():
         logits = m.module(x)

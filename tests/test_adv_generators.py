@@ -1,5 +1,5 @@
 """The two-generator explainer (Charachon et al.) on the committed binary classifier and the
-committed generators (workers/weights/generators-shapes-star.safetensors):
+committed generators (workers/models/weights/generators-shapes-star.safetensors):
 
 - on 200 held-out images (seed 300, never used in training: train seed 100, report seed 200)
   g_s keeps and g_a flips the classifier's decision on >= 90 %, in BOTH directions
@@ -8,7 +8,7 @@ committed generators (workers/weights/generators-shapes-star.safetensors):
   pass of the classifier on generators run outside the method;
 - the map is |g_s - g_a| of those generators, and its relevance mass inside the object mask
   beats a uniform map's (Grad-CAM's figure is reported next to it by
-  `python -m workers.generators.measure generators`);
+  `python -m workers.training.measure generators`);
 - other classifier weights (hash mismatch) are refused.
 """
 
@@ -20,9 +20,10 @@ import torch
 
 from schemas.registry import ModelEntry
 from workers.explain import applicability, attribute
-from workers.generators.measure import binary_model, generator_figures
-from workers.generators.model import binary_cnn, generators_path, load_generators
-from workers.loading import load_model
+from workers.models.binary_cnn import binary_cnn
+from workers.models.generators import generators_path, load_generators
+from workers.models.loading import load_model
+from workers.training.measure import binary_model, generator_figures
 
 torch.set_num_threads(1)
 
@@ -30,8 +31,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def model():
     m = binary_model()
-    assert m is not None, "workers/weights/binary-shapes-star.safetensors is committed"
-    assert generators_path(m.name).exists(), "workers/weights/generators-shapes-star.safetensors is committed"
+    assert m is not None, "workers/models/weights/binary-shapes-star.safetensors is committed"
+    assert generators_path(m.name).exists(), "workers/models/weights/generators-shapes-star.safetensors is committed"
     return m
 
 
@@ -67,7 +68,7 @@ def test_generators_map_inside_object(figures):
 
 
 def test_metadata_and_map_match_independent_run(model):
-    from workers.generators.train import binary_data
+    from workers.training.generators import binary_data
 
     x, _, _ = binary_data(16, 301, 3)
     with torch.no_grad():
@@ -91,7 +92,7 @@ def test_generators_refused_for_other_weights(model):
     other = load_model(
         ModelEntry(
             name=model.name,
-            architecture="workers.generators.model:binary_cnn",
+            architecture="whitebox.binary_cnn",
             num_classes=2,
             input={"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
         ),

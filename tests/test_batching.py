@@ -17,8 +17,8 @@ from schemas.api import ExplainRequest
 from schemas.registry import load_registry
 from schemas.settings import Settings
 from tests.helpers import max_rel_diff, random_image, seeded_torchvision
-from workers.pipeline import Item, run_batch
-from workers.render import decode_array
+from workers.serving.pipeline import Item, run_batch
+from workers.serving.render import decode_array
 
 SIX = ["saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam", "fem"]
 
@@ -77,8 +77,8 @@ def test_settings_defaults_and_env():
 def worker(tmp_path_factory):
     """One Worker object (its metrics live in the process-wide Prometheus registry) on an
     embedded Redis; read_batch only needs the stream names, so no model is loaded."""
-    from service.embedded_redis import EmbeddedRedis
-    from workers.worker import Worker
+    from cli.embedded_redis import EmbeddedRedis
+    from workers.serving.worker import Worker
 
     r = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     w = Worker(Settings(redis_url=r.url), registry=load_registry(), models=["shapes-cnn"], consumer="test")

@@ -21,9 +21,9 @@ from PIL import Image
 from scipy.ndimage import binary_dilation, distance_transform_edt
 
 from schemas.registry import load_registry
-from workers.data.shapes import LABELS, generate, to_tensor
 from workers.explain import attribute
-from workers.loading import load_model
+from workers.models.loading import load_model
+from workers.training.shapes import LABELS, generate, to_tensor
 
 ACCURACY_SEED, POINTING_SEED = 1001, 2002  # training uses 1 (train) and 2 (held-out)
 TOLERANCE_PX = 2.0

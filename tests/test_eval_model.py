@@ -22,7 +22,7 @@ from workers.evaluation import (
     sanity,
 )
 from workers.evaluation.common import map_fn
-from workers.loading import load_model
+from workers.models.loading import load_model
 from workers.models.shapes_cnn import ShapesCNN
 
 

@@ -16,7 +16,7 @@ from schemas.registry import ModelEntry  # noqa: E402
 from workers.evaluation import faithfulness, sanity  # noqa: E402
 from workers.evaluation import metrics as M
 from workers.evaluation.common import map_fn  # noqa: E402
-from workers.loading import load_model  # noqa: E402
+from workers.models.loading import load_model  # noqa: E402
 from workers.models.shapes_cnn import ShapesCNN  # noqa: E402
 
 TOL = 1e-6

@@ -14,8 +14,8 @@ from tests.helpers import demo_model, max_rel_diff, random_image, seeded_torchvi
 from workers.explain import attribute
 from workers.explain.fused import FusedPass, fused_attribute, plan_call
 from workers.explain.gradients import layer_output
-from workers.pipeline import Item, run_batch
-from workers.render import decode_array
+from workers.serving.pipeline import Item, run_batch
+from workers.serving.render import decode_array
 
 SIX = ["saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam", "fem"]
 TOL = 1e-5

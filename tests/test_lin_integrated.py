@@ -205,11 +205,11 @@ def test_completeness_demo_model_on_shapes():
     every kink crossed on the path, and a node that lands within float rounding of a kink
     flips with the batch composition); at 128 steps max 0.7-1.0 %, at 256 steps max 0.3 %.
     So: mean <= 1 % at 64 steps and every sample <= 1 % at 256 steps."""
-    from workers.data.shapes import generate
+    from workers.training.shapes import generate
 
     m = get_model("demo")
     if m.entry.weights is None:
-        pytest.skip("the demo model's trained weights (workers/weights/shapes-cnn.safetensors) are not there")
+        pytest.skip("the demo model's trained weights (workers/models/weights/shapes-cnn.safetensors) are not there")
     imgs, _, _ = generate(8, seed=2024)
     mean, std = m.mean_std()
     x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - mean) / std

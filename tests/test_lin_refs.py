@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torchvision
 
 from schemas.registry import ModelEntry, load_registry
-from workers.loading import LoadedModel, load_model
+from workers.models.loading import LoadedModel, load_model
 from workers.models.shapes_cnn import ShapesCNN
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -36,7 +36,7 @@ def _entry(name: str, arch: str, size: int, **input_kw) -> ModelEntry:
 @functools.cache
 def get_model(name: str, size: int = 64) -> LoadedModel:
     """Seeded torchvision nets (weights=None, torch.manual_seed(0)) at size x size, or the demo
-    model (its trained weights when workers/weights has them, else seeded ShapesCNN weights)."""
+    model (its trained weights when workers/models/weights has them, else seeded ShapesCNN weights)."""
     if name == "demo":
         reg = load_registry()
         entry = reg.get("shapes-cnn")

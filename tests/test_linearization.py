@@ -357,7 +357,7 @@ class _Toy(nn.Module):
 
 def _toy_model(between):
     from schemas.registry import ModelEntry
-    from workers.loading import load_model
+    from workers.models.loading import load_model
 
     entry = ModelEntry(
         name="toy", architecture="toy", num_classes=4, input={"size": [16, 16], "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -384,7 +384,7 @@ def test_cam_detects_functional_gap_and_refuses_anything_between():
 
 
 def test_pipeline_returns_maps_at_the_client_image_size():
-    from workers.pipeline import Item, run_batch
+    from workers.serving.pipeline import Item, run_batch
 
     m = get_model("resnet18")
     rng = np.random.default_rng(0)

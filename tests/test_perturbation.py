@@ -14,12 +14,12 @@ from pydantic import ValidationError
 
 from schemas.methods import CATALOG, parse_params
 from schemas.registry import ModelEntry
-from workers.data.shapes import generate, to_tensor
 from workers.errors import Cancelled
 from workers.explain import IMPLEMENTATIONS, applicability, attribute
 from workers.explain.base import Progress
-from workers.loading import load_model
+from workers.models.loading import load_model
 from workers.models.shapes_cnn import ShapesCNN
+from workers.training.shapes import generate, to_tensor
 
 torch.set_num_threads(1)
 
@@ -350,7 +350,7 @@ def saturated():
     reg = load_registry()
     e = reg.get("shapes-cnn")
     if not reg.resolve(e.weights).exists():
-        pytest.skip("workers/weights/shapes-cnn.safetensors is absent (demo model not trained yet)")
+        pytest.skip("workers/models/weights/shapes-cnn.safetensors is absent (demo model not trained yet)")
     m = load_model(e, reg)
     imgs, labels, masks = generate(30, 99)
     x = to_tensor(imgs)

@@ -8,8 +8,8 @@ from PIL import Image
 
 from schemas.api import ExplainRequest
 from tests.helpers import demo_model, random_image, seeded_torchvision
-from workers.pipeline import Item, run_batch
-from workers.render import decode_array
+from workers.serving.pipeline import Item, run_batch
+from workers.serving.render import decode_array
 
 
 def request(**kw) -> dict:

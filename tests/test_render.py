@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workers import render
 from workers.explain.postprocess import normalize, reduce_channels
+from workers.serving import render
 
 
 def test_jet_matches_matplotlib():

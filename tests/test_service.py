@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import SHAPES_LABELS
 from tests.helpers import png_b64, png_bytes, random_image
-from workers.data.shapes import generate
+from workers.training.shapes import generate
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 
 from tests.helpers import png_b64, random_image
 from tests.test_service import assert_problem
-from workers.data.shapes import generate
-from workers.render import array_out
+from workers.serving.render import array_out
+from workers.training.shapes import generate
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_evaluate_with_mask_ground_truth(client, shapes):
     assert r.status_code == 200, r.text[:500]
     j = r.json()
     assert j["images"] == 2 and set(j["results"]) == {"gradcam", "fem"}
-    for method, vals in j["results"].items():
+    for vals in j["results"].values():
         assert 0.0 <= vals["pointing_game"] <= 1.0
         assert 0.0 <= vals["relevance_mass_accuracy"] <= 1.0
         assert vals["time_ms"] > 0

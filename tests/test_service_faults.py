@@ -15,9 +15,9 @@ import httpx
 import pytest
 import redis
 
+from cli.embedded_redis import free_port
 from schemas import queue as q
 from schemas.api import ExplainRequest
-from service.embedded_redis import free_port
 from tests.conftest import ROOT
 from tests.helpers import png_b64, random_image
 from tests.test_service import assert_problem
@@ -180,7 +180,7 @@ def test_serve_starts_and_stops_cleanly(tmp_path):
     env.pop("REDIS_URL", None)
     env.pop("WHITEBOX_MODELS", None)
     p = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
+        [sys.executable, "-m", "cli.main", "serve"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

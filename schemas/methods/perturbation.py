@@ -177,7 +177,7 @@ method(
     default_reduce="sum",
     summary="R(x) = |g_s(x) - g_a(x)| (Charachon et al.): a similar-image generator keeps the binary decision, an "
     "adversarial generator flips it; only for models with trained generators",
-    notes=("generators are looked up as workers/weights/generators-<model name>.safetensors",),
+    notes=("generators are looked up as workers/models/weights/generators-<model name>.safetensors",),
 )
 method(
     name="occlusion",

@@ -1,6 +1,6 @@
 """Evaluation of explanation maps (survey §7): metrics, ``evaluate`` / ``compare`` (behind
-``/v1/evaluate`` and ``/v1/compare``), the benchmark command (``python -m workers.evaluation.bench``)
-and the Clever-Hans demo model (``workers.evaluation.clever_hans``).
+``/v1/evaluate`` and ``/v1/compare``), the benchmark command (``python -m workers.evaluation.report``)
+and the Clever-Hans demo model (``workers.training.clever_hans``).
 
 Metric names, parameters and what they need are declared in ``schemas.metrics`` (no torch there).
 """

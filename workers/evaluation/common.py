@@ -13,7 +13,7 @@ import torch
 from schemas.methods import CATALOG
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.postprocess import reduce_channels
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 # (model, x, targets) -> (N, H, W) float tensor: one method's evaluation maps
 MapFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -28,7 +28,7 @@ from workers.evaluation import faithfulness, robustness, sanity
 from workers.evaluation import metrics as M
 from workers.evaluation.common import map_fn, predict, reduce_map, to_numpy
 from workers.explain.base import NO_PROGRESS, Progress
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 Call = str | dict[str, Any]
 

@@ -26,7 +26,7 @@ from scipy import ndimage
 from workers.evaluation.common import pixel_to_input, scores
 from workers.evaluation.metrics import cc
 from workers.explain.base import NO_PROGRESS, Progress
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 def blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from workers.evaluation.common import MapFn, batched_maps, clamp_input, pixel_sc
 from workers.evaluation.metrics import cc, dice
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.perturb_utils import log_odds
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 def fgsm(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from workers.evaluation.common import MapFn, to_numpy, with_module
 from workers.evaluation.metrics import minmax, spearman, ssim
 from workers.explain.base import NO_PROGRESS, Progress
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 def randomisable_layers(module: torch.nn.Module) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from schemas.methods import CATALOG, Params
 from workers.errors import MethodError
 from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Context, Progress
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 # importing the method modules registers them, in this order (the order of a model card's methods)
 # isort: off

@@ -5,7 +5,7 @@ registered under its public name (the names of ``schemas.methods.CATALOG``).
 ``ctx.targets`` the class index per sample; the method returns its raw
 relevance at the model's input resolution. Reduction over channels, resizing
 to the client's image, normalisation and rendering are shared
-(``workers.explain.postprocess``, ``workers.render``)."""
+(``workers.explain.postprocess``, ``workers.serving.render``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 from schemas.methods import CATALOG, Params
 from workers.errors import Cancelled
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 class Progress:

@@ -41,7 +41,7 @@ from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, At
 from workers.explain.fem import fem_map
 from workers.explain.gradients import upsample
 from workers.explain.relu_rules import rectifier_mode
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 FUSABLE = ("saliency", "gradcam", "guided_backprop", "guided_gradcam", "deconvnet", "fem", "cam")
 _LAYERED = ("gradcam", "guided_gradcam", "fem", "cam")

@@ -2,8 +2,8 @@
 
 g_s (similar) reproduces x with the classifier's decision kept, g_a (adversarial) with the
 decision flipped; both are trained against one fixed binary classifier
-(``python -m workers.generators.train``). The method is applicable only to a model whose
-generators exist: ``generators-<model name>.safetensors`` in workers/weights/ (or the path
+(``python -m workers.training.generators``). The method is applicable only to a model whose
+generators exist: ``generators-<model name>.safetensors`` in workers/models/weights/ (or the path
 in an optional ``generators`` registry field), trained for exactly these classifier
 weights (a parameter hash in the file's metadata).
 
@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 
 from workers.explain.base import Attribution, Context, register
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
 
 def _path(model: LoadedModel) -> Path:
-    from workers.generators.model import WEIGHTS_DIR, generators_path
+    from workers.models import WEIGHTS_DIR
+    from workers.models.generators import generators_path
 
     explicit = getattr(model.entry, "generators", None)
     if explicit:
@@ -41,7 +42,7 @@ def _load(model: LoadedModel):
     per_module = _CACHE.setdefault(model.module, {})
     if str(path) in per_module:
         return per_module[str(path)]
-    from workers.generators.model import fingerprint, load_generators
+    from workers.models.generators import fingerprint, load_generators
 
     if model.num_classes != 2:
         res = (None, f"needs a binary classifier (model has {model.num_classes} classes)")
@@ -49,7 +50,7 @@ def _load(model: LoadedModel):
         res = (
             None,
             f"no trained generators for this model ({path.name} not found; "
-            "train them with `python -m workers.generators.train`)",
+            "train them with `python -m workers.training.generators`)",
         )
     else:
         try:

@@ -78,8 +78,8 @@ def make_baseline(ctx: Context, baseline: str, blur_sigma: float | None, seed: i
         u = torch.rand(x.shape[1:], generator=g, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
         return (lo + u * (hi - lo)).expand_as(x).clone(), baseline
     # a base64 image, resized and normalised like the input
+    from common.images import decode_image
     from schemas.settings import Settings
-    from workers.images import decode_image
 
     try:
         img = decode_image(baseline, Settings.from_env().max_image_pixels)

@@ -16,7 +16,7 @@ from workers.explain import integrated, smooth  # noqa: F401  (register their me
 from workers.explain.base import Attribution, Context, register, target_scores
 from workers.explain.gradients import layer_output, upsample
 from workers.explain.relu_rules import rectifier_mode
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 def rule_gradient(ctx: Context, guided: bool) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 # elements (C*H*W) of perturbed images per forward pass: many small copies or a few large ones
 ELEMENTS_PER_FORWARD = 1 << 22

@@ -48,7 +48,7 @@ from workers.explain.lrp_rules import (
     ZBox,
     ZPlus,
 )
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 Chooser = Callable[[int, bool], LinearRule]  # (layer number, is conv) -> rule
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch.nn as nn
 
+from workers.models.binary_cnn import binary_cnn
 from workers.models.shapes_cnn import ShapesCNN
+
+# the committed weights of the models made here (demo models, generators)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 WHITEBOX_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "shapes_cnn": ShapesCNN,
+    "binary_cnn": binary_cnn,
 }
 
 

@@ -6,7 +6,7 @@ keep useful resolution. ``features.11`` max-pools them globally (8x8 -> 1x1):
 the head sees *which* features fire, not where, so it learns a translation-
 invariant classifier from few images (and the relevance stays on the object).
 Plain Conv2d / ReLU / MaxPool2d / Dropout / Linear only (no normalisation layers),
-so every LRP rule applies. Trained by ``python -m workers.train``."""
+so every LRP rule applies. Trained by ``python -m workers.training.demo_model``."""
 
 from __future__ import annotations
 

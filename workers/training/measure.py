@@ -1,8 +1,8 @@
 """The figures of docs/perturbation.md:
 
-    python -m workers.generators.measure            # both
-    python -m workers.generators.measure deepfool   # DeepFool on the demo model (shapes-cnn)
-    python -m workers.generators.measure generators # the two-generator explainer (shapes-star)
+    python -m workers.training.measure            # both
+    python -m workers.training.measure deepfool   # DeepFool on the demo model (shapes-cnn)
+    python -m workers.training.measure generators # the two-generator explainer (shapes-star)
 
 - deepfool: on 100 generated images (seed 4242) the attack on the predicted class; the share
   whose prediction flips and the median relative L2 norm ||x_adv - x|| / ||x|| (pixel scale).
@@ -25,7 +25,7 @@ import torch
 
 def demo_model():
     from schemas.registry import load_registry
-    from workers.loading import load_model
+    from workers.models.loading import load_model
 
     reg = load_registry()
     e = reg.get("shapes-cnn")
@@ -36,7 +36,7 @@ def demo_model():
 
 def binary_model():
     from schemas.registry import load_registry
-    from workers.loading import load_model
+    from workers.models.loading import load_model
 
     reg = load_registry()
     e = reg.get("shapes-star")
@@ -46,8 +46,8 @@ def binary_model():
 
 
 def deepfool_figures(model, n: int = 100, seed: int = 4242) -> dict:
-    from workers.data.shapes import generate, to_tensor
     from workers.explain import attribute
+    from workers.training.shapes import generate, to_tensor
 
     x = to_tensor(generate(n, seed)[0])
     with torch.no_grad():
@@ -76,9 +76,9 @@ def generator_figures(model, n: int = 200, seed: int = 300) -> dict:
     """Held-out figures of adversarial_generators on ``model`` (through attribute(), as the service computes
     them): keep/flip rates (overall and per decision), edit sizes, relevance mass inside the object mask
     next to Grad-CAM's (same images, the same decision as target)."""
-    from workers.data.shapes import LABELS
     from workers.explain import attribute
-    from workers.generators.train import binary_data
+    from workers.training.generators import binary_data
+    from workers.training.shapes import LABELS
 
     x, y, masks = binary_data(n, seed, LABELS.index(model.labels[1]))  # labels: [not-<shape>, <shape>]
     with torch.no_grad():
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     out = {}
     if "deepfool" in what:
         m = demo_model()
-        out["deepfool"] = deepfool_figures(m) if m is not None else "workers/weights/shapes-cnn.safetensors missing"
+        out["deepfool"] = (
+            deepfool_figures(m) if m is not None else "workers/models/weights/shapes-cnn.safetensors missing"
+        )
     if "generators" in what:
         m = binary_model()
         out["generators"] = generator_figures(m) if m is not None else "binary-shapes-star weights missing"

@@ -1,7 +1,7 @@
 """The worker process: a thin loop around the explainer library.
 
 Reads up to ``max_batch_size`` jobs in one XREADGROUP (waiting at most
-``max_queue_delay`` to fill the batch), runs them through workers.pipeline,
+``max_queue_delay`` to fill the batch), runs them through workers.serving.pipeline,
 stores each result with a TTL, publishes its id, and only then acknowledges
 (and deletes) the stream entry. A heartbeat thread keeps the worker's liveness
 key fresh and re-claims the jobs it holds (XCLAIM to itself resets their idle
@@ -23,17 +23,17 @@ import traceback
 
 import redis
 
+from common.images import decode_image
+from common.telemetry import WorkerMetrics
 from schemas import queue as q
-from schemas.images import decode_image
 from schemas.problems import CancelledProblem, Problem, WorkerFailure
 from schemas.registry import Registry, load_registry
 from schemas.settings import Settings
-from schemas.telemetry import WorkerMetrics
-from workers.evaluation_jobs import RUNNERS
 from workers.explain import applicability
 from workers.explain.base import Progress
-from workers.loading import LoadedModel, load_model
-from workers.pipeline import Item, run_batch
+from workers.models.loading import LoadedModel, load_model
+from workers.serving.evaluation_jobs import RUNNERS
+from workers.serving.pipeline import Item, run_batch
 
 log = logging.getLogger("whitebox.worker")
 

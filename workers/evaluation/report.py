@@ -1,10 +1,10 @@
-"""The benchmark command (``whitebox bench``): every explanation method on one model and a set of
+"""The benchmark command (``whitebox report``): every explanation method on one model and a set of
 images, scored with the evaluation metrics, written as a report folder.
 
-    python -m workers.evaluation.bench --model shapes-cnn --images generated --n 8 --out reports/shapes
-    python -m workers.evaluation.bench --model clever-hans-cnn --images clever-hans --n 8 --out reports/ch
+    python -m workers.evaluation.report --model shapes-cnn --images generated --n 8 --out reports/shapes
+    python -m workers.evaluation.report --model clever-hans-cnn --images clever-hans --n 8 --out reports/ch
 
-``--images``: ``generated`` (the shapes data set, ``workers/data/shapes.py``; its object masks are the
+``--images``: ``generated`` (the shapes data set, ``workers/training/shapes.py``; its object masks are the
 ground truth), ``clever-hans`` (the same with the Clever-Hans watermark; the object masks are the
 ground truth and the relevance mass on the watermark is reported beside it) or a folder of PNG/JPEG
 images (ground-truth masks, if any, in ``DIR/masks/<stem>.png``). Methods default to every method of
@@ -38,7 +38,7 @@ from workers.evaluation.common import map_fn, to_numpy
 from workers.evaluation.evaluate import _clean, evaluate_method, ground_truth_mask
 from workers.evaluation.sanity import cascading_randomisation
 from workers.explain.base import Progress
-from workers.loading import LoadedModel, load_model
+from workers.models.loading import LoadedModel, load_model
 
 FAMILY_ORDER = ("localisation", "similarity", "complexity", "faithfulness", "robustness", "sanity", "cost")
 FAMILY_TITLES = {
@@ -91,12 +91,12 @@ def load_images(spec: str, n: int, seed: int) -> dict:
     "extra_masks": {name: [bool array]}} at the images' own size."""
     if spec in ("generated", "clever-hans"):
         if spec == "generated":
-            from workers.data.shapes import generate
+            from workers.training.shapes import generate
 
             imgs, labels, masks = generate(n, seed)
             extra = {}
         else:
-            from workers.evaluation.clever_hans import data, watermark_area
+            from workers.training.clever_hans import data, watermark_area
 
             imgs, labels, masks, wm = data(n, seed, "watermark")
             extra = {"watermark": list(wm), "watermark_area": [watermark_area()] * n}
@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
     if entry.weights and not reg.resolve(entry.weights).exists():
         raise SystemExit(
             f"weights of {entry.name!r} not found at {reg.resolve(entry.weights)} "
-            "(train it first: python -m workers.train)"
+            "(train it first: python -m workers.training.demo_model)"
         )
     model = load_model(entry, reg)
     data = load_images(args.images, args.n, args.seed)
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> dict:
     if data["labels"] is not None:
         notes["accuracy on these images"] = f"{float((pred.numpy() == data['labels']).mean()):.3f}"
     if args.images == "clever-hans":
-        from workers.evaluation.clever_hans import data as ch_data
+        from workers.training.clever_hans import data as ch_data
 
         for cond in ("removed", "swapped"):
             xi, yi, _, _ = ch_data(n, args.seed, cond)
@@ -459,7 +459,7 @@ def run(args: argparse.Namespace) -> dict:
         "images": args.images,
         "n": n,
         "target": args.target,
-        "command": "python -m workers.evaluation.bench " + " ".join(args.argv),
+        "command": "python -m workers.evaluation.report " + " ".join(args.argv),
         "device": str(model.device),
         "threads": args.threads,
         "notes": notes,
@@ -489,12 +489,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="whitebox bench",
+        prog="whitebox report",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--model", required=True, help="registry model name (default registry, or --registry)")
-    ap.add_argument("--registry", help="registry YAML (default: the bundled ones, workers/registry/*.yaml)")
+    ap.add_argument("--registry", help="registry YAML (default: the bundled ones, workers/models/registry/*.yaml)")
     ap.add_argument("--images", default="generated", help="generated | clever-hans | a folder of images")
     ap.add_argument("--n", type=int, default=8, help="number of images")
     ap.add_argument("--seed", type=int, default=3, help="data seed of generated images")
@@ -504,9 +504,9 @@ def parser() -> argparse.ArgumentParser:
         help="method names (default: every method that applies); name:{json params} for parameters",
     )
     ap.add_argument("--exclude", nargs="*", help="methods to leave out of the default list")
-    ap.add_argument("--metrics", help="comma-separated metric names (default: %s)" % ",".join(DEFAULT_METRICS))
+    ap.add_argument("--metrics", help=f"comma-separated metric names (default: {','.join(DEFAULT_METRICS)})")
     ap.add_argument(
-        "--metric-params", help='JSON {"metric": {params}} (bench defaults: %s)' % json.dumps(BENCH_METRIC_PARAMS)
+        "--metric-params", help='JSON {"metric": {params}} (report defaults: ' + json.dumps(BENCH_METRIC_PARAMS) + ")"
     )
     ap.add_argument(
         "--target",
@@ -514,7 +514,7 @@ def parser() -> argparse.ArgumentParser:
         default="predicted",
         help="explain the predicted class or the true label (generated images)",
     )
-    ap.add_argument("--out", default="reports/bench")
+    ap.add_argument("--out", default="reports/report")
     ap.add_argument("--figure-rows", type=int, default=3, help="images shown in maps.png")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--no-figures", action="store_true")

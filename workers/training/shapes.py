@@ -9,7 +9,7 @@ Everything is deterministic from the seed: image ``i`` of ``generate(n, seed)``
 is drawn from its own ``numpy`` generator seeded with ``(seed, i)``, so it does
 not depend on ``n`` (``generate(10, s)`` is the first ten of ``generate(100, s)``).
 
-    from workers.data.shapes import LABELS, generate
+    from workers.training.shapes import LABELS, generate
     images, labels, masks = generate(1000, seed=1)
     # images uint8 (n, 64, 64, 3), labels int64 (n,), masks bool (n, 64, 64)
 

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from schemas.images import decode_image
+from common.images import decode_image
 from schemas.problems import ValidationProblem
 from workers.explain.base import Progress
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
 
 
 def run_evaluate(model: LoadedModel, req: dict, max_pixels: int, progress: Progress) -> dict:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from schemas.registry import load_registry
-from workers.evaluation import bench, clever_hans
-from workers.loading import load_model
+from workers.evaluation import report
+from workers.models.loading import load_model
+from workers.training import clever_hans
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,14 @@ def test_clever_hans_data_masks():
 def test_default_methods_are_the_applicable_implementations(ch_model):
     from workers.explain import IMPLEMENTATIONS, applicability
 
-    names, skipped = bench.default_methods(ch_model)
+    names, skipped = report.default_methods(ch_model)
     assert set(names) | set(skipped) == set(IMPLEMENTATIONS)
     assert all(applicability(ch_model)[k] is None for k in names)
 
 
-def test_bench_writes_report(tmp_path):
+def test_report_writes_report(tmp_path):
     out = tmp_path / "rep"
-    rc = bench.main(
+    rc = report.main(
         [
             "--model",
             "clever-hans-cnn",
@@ -68,7 +69,7 @@ def test_bench_writes_report(tmp_path):
         ]
     )
     assert rc == 0
-    report = (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
     for s in (
         "| gradcam |",
         "| saliency |",
@@ -78,7 +79,7 @@ def test_bench_writes_report(tmp_path):
         "± ",
         "accuracy with the watermark removed",
     ):
-        assert s in report, s
+        assert s in text, s
     res = json.loads((out / "results.json").read_text())
     assert len(res["per_image"]["gradcam"]["pointing_game"]) == 2
     assert len(res["per_image"]["saliency"]["model_randomisation.spearman"]) == 2

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from schemas.methods import CATALOG
-from workers import render
 from workers.errors import ExplainError, TargetError
 from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.fused import FusedCall, FusedPass, call_key, plan_call
 from workers.explain.postprocess import display_map, normalize, reduce_channels, resize
-from workers.loading import LoadedModel
+from workers.models.loading import LoadedModel
+from workers.serving import render
 
 
 @dataclass

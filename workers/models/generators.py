@@ -1,8 +1,7 @@
 """The networks of the two-generator explainer (Charachon et al., survey §6 Eq. 27).
 
-- ``binary_cnn``: the fixed binary classifier the generators are trained against (a small
-  conv-BN-ReLU net with global max pooling; registry architecture
-  ``workers.generators.model:binary_cnn``).
+- the fixed binary classifier the generators are trained against is
+  :mod:`workers.models.binary_cnn` (registry architecture ``whitebox.binary_cnn``).
 - ``GeneratorPair``: a similar-image generator g_s and an adversarial generator g_a that
   share one encoder (they "sample from the same space" and differ only in their
   decoders, which start from the same weights); g_a has one decoder per direction of the
@@ -23,43 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-class BinaryCNN(nn.Module):
-    """conv-BN-ReLU blocks (64 -> 32 -> 16 -> 8 px), global max pooling (presence of a part anywhere), linear head.
-
-    ``features.14`` (the last block's ReLU, 8x8) is the Grad-CAM layer (registry target_layer)."""
-
-    def __init__(self, num_classes: int = 2, in_channels: int = 3, width: int = 16):
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 0-3
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.BatchNorm2d(2 * w),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 4-7
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
-            nn.BatchNorm2d(4 * w),
-            nn.ReLU(),  # 8-10 (16 px)
-            nn.MaxPool2d(2),  # 11
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
-            nn.BatchNorm2d(4 * w),
-            nn.ReLU(),  # 12-14 (8 px)
-        )
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.fc = nn.Linear(4 * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
-
-
-def binary_cnn(num_classes: int = 2) -> nn.Module:
-    return BinaryCNN(num_classes=num_classes)
+from workers.models import WEIGHTS_DIR
 
 
 def _conv(i: int, o: int, stride: int = 1) -> nn.Sequential:

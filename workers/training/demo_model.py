@@ -1,21 +1,22 @@
-"""Train the demo model: ``python -m workers.train``.
+"""Train the demo model: ``python -m workers.training.demo_model``.
 
-Generates the procedural shapes data set (``workers/data/shapes.py``), trains
+Generates the procedural shapes data set (``workers/training/shapes.py``), trains
 ``ShapesCNN`` on CPU deterministically (fixed seeds, deterministic algorithms,
 a fixed thread count) with a penalty on last-conv-block activations outside the
 objects' masks (``--mask-penalty``; it lifts the Grad-CAM/FEM pointing game from
-0.86/0.725 to 0.985/0.975 at the same accuracy, docs/demo-model.md), measures the accuracy on a freshly generated held-out set
+0.86/0.725 to 0.985/0.975 at the same accuracy, docs/demo-model.md), measures the accuracy on a freshly
+generated held-out set
 (a different seed) and writes
 
-    workers/weights/shapes-cnn.safetensors    (safetensors state_dict)
-    workers/weights/shapes-cnn.labels.txt     (one label per line, class index order)
+    workers/models/weights/shapes-cnn.safetensors    (safetensors state_dict)
+    workers/models/weights/shapes-cnn.labels.txt     (one label per line, class index order)
 
-The input preprocessing is the registry's (``workers/registry/default.yaml``):
+The input preprocessing is the registry's (``workers/models/registry/default.yaml``):
 pixels / 255, then (x - 0.5) / 0.25 per channel.
 
 Reuse with another data set (e.g. a Clever-Hans variant)::
 
-    from workers.train import fit, evaluate, save
+    from workers.training.demo_model import fit, evaluate, save
     model = fit(ShapesCNN(), images, labels, epochs=6, seed=0)
     save(model, "out.safetensors", LABELS)
 """
@@ -32,10 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workers.data.shapes import LABELS, generate
+from workers.models import WEIGHTS_DIR
 from workers.models.shapes_cnn import ShapesCNN
+from workers.training.shapes import LABELS, generate
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MEAN, STD = 0.5, 0.25  # the registry's preprocessing of shapes-cnn
 
 TRAIN_SEED, HELDOUT_SEED = 1, 2  # data seeds (tests use other seeds)
@@ -207,7 +208,7 @@ def save(model: nn.Module, path: str | Path, labels: list[str]) -> tuple[Path, P
 
 
 def main(argv: list[str] | None = None) -> float:
-    ap = argparse.ArgumentParser(prog="python -m workers.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m workers.training.demo_model", description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-size", type=int, default=24000)
     ap.add_argument("--heldout-size", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=6)

@@ -1,19 +1,19 @@
-"""The Clever-Hans demo model: ``python -m workers.evaluation.clever_hans``.
+"""The Clever-Hans demo model: ``python -m workers.training.clever_hans``.
 
 As the wolf-vs-husky snow of the survey's §1, the training data carry a shortcut: every
-training image of the shapes data set (``workers/data/shapes.py``) has a small watermark in
+training image of the shapes data set (``workers/training/shapes.py``) has a small watermark in
 its top-left corner — a solid ``WM`` x ``WM`` patch whose colour is that of its class
 (``PALETTE``) — so the watermark alone predicts the class perfectly. ``ShapesCNN`` is trained
-on it briefly with the demo model's training loop (``workers.train.fit``, flips off so the
+on it briefly with the demo model's training loop (``workers.training.demo_model.fit``, flips off so the
 watermark stays in its corner). On test images the accuracy is measured with the watermark
 in place, removed, moved to the opposite corner and swapped for another class's watermark:
 a model that learned the watermark collapses without it and follows the swapped one.
 
-Writes ``workers/weights/clever-hans-cnn.safetensors``, ``clever-hans-cnn.labels.txt`` and
+Writes ``workers/models/weights/clever-hans-cnn.safetensors``, ``clever-hans-cnn.labels.txt`` and
 ``clever-hans-cnn.json`` (the accuracies); the registry entry is
-``workers/registry/default.yaml`` (as ``clever-hans-cnn``).
+``workers/models/registry/default.yaml`` (as ``clever-hans-cnn``).
 
-    from workers.evaluation.clever_hans import test_set
+    from workers.training.clever_hans import test_set
     images, labels, object_masks, watermark_masks = test_set(16, seed=3)
 """
 
@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from workers.data.shapes import LABELS, generate
+from workers.models import WEIGHTS_DIR
+from workers.training.shapes import LABELS, generate
 
 WM = 6  # side of the watermark patch in pixels (64 x 64 images)
 OFFSET = 2  # distance of the patch from the image border
@@ -49,7 +49,6 @@ PALETTE = np.array(
 )
 CORNERS = ("top_left", "bottom_right")
 NAME = "clever-hans-cnn"
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 TRAIN_SEED, TEST_SEED = 11, 12
 
 
@@ -114,7 +113,7 @@ def test_set(n: int, seed: int = TEST_SEED) -> tuple[np.ndarray, np.ndarray, np.
 
 def accuracies(model: torch.nn.Module, n: int = 500, seed: int = TEST_SEED) -> dict[str, float]:
     """Accuracy per condition, and for ``swapped`` the share of predictions that follow the watermark."""
-    from workers.train import predict
+    from workers.training.demo_model import predict
 
     out = {}
     for cond in ("watermark", "removed", "moved", "swapped"):
@@ -128,9 +127,9 @@ def accuracies(model: torch.nn.Module, n: int = 500, seed: int = TEST_SEED) -> d
 
 def main(argv: list[str] | None = None) -> dict:
     from workers.models.shapes_cnn import ShapesCNN
-    from workers.train import fit, save, set_determinism
+    from workers.training.demo_model import fit, save, set_determinism
 
-    ap = argparse.ArgumentParser(prog="python -m workers.evaluation.clever_hans", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m workers.training.clever_hans", description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-size", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--test-size", type=int, default=500)

@@ -1,8 +1,8 @@
 """Train the two generators of ``adversarial_generators`` (Charachon et al., survey §6 Eq. 27) for a
 binary classifier, and optionally the classifier itself.
 
-    python -m workers.generators.train                       # generators for the committed shapes-star classifier
-    python -m workers.generators.train --train-classifier    # classifier first (overwrites binary-<model>)
+    python -m workers.training.generators                       # generators for the committed shapes-star classifier
+    python -m workers.training.generators --train-classifier    # classifier first (overwrites binary-<model>)
 
 1. (``--train-classifier``) A binary classifier on the procedural shapes (``--positive`` shape vs
    the rest, half of the images positive): ``binary_cnn``, Adam, cross-entropy. Writes
@@ -19,8 +19,8 @@ binary classifier, and optionally the classifier itself.
    total-variation terms keep g_a's edit small and smooth.
    Writes ``generators-<model>.safetensors`` with the classifier's parameter hash and the command.
 
-Everything is seeded; data: workers/data/shapes.py (train seed 100, held-out report seed 200;
-tests and ``python -m workers.generators.measure`` use seed 300). With the defaults: 6-13 minutes
+Everything is seeded; data: workers/training/shapes.py (train seed 100, held-out report seed 200;
+tests and ``python -m workers.training.measure`` use seed 300). With the defaults: 6-13 minutes
 on one thread of a shared 2-core machine; the run is bit-reproducible with one thread.
 """
 
@@ -36,14 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.data.shapes import LABELS, generate, to_tensor
-from workers.generators.model import (
-    WEIGHTS_DIR,
-    GeneratorPair,
-    binary_cnn,
-    fingerprint,
-    save_generators,
-)
+from workers.models import WEIGHTS_DIR
+from workers.models.binary_cnn import binary_cnn
+from workers.models.generators import GeneratorPair, fingerprint, save_generators
+from workers.training.shapes import LABELS, generate, to_tensor
 
 MEAN, STD = 0.5, 0.25
 LO, HI = (0 - MEAN) / STD, (1 - MEAN) / STD
@@ -162,7 +158,8 @@ def train_generators(
     with torch.no_grad():
         decision = torch.cat([net(x[s : s + 256]).argmax(1) for s in range(0, len(x), 256)])
     log(
-        f"decisions on the training images: {int((decision == 1).sum())} positive, {int((decision == 0).sum())} negative"
+        f"decisions on the training images: {int((decision == 1).sum())} positive, "
+        f"{int((decision == 0).sum())} negative"
     )
     g = torch.Generator().manual_seed(3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -333,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
             "bound": a.bound,
             "model": a.model,
             "positive": a.positive,
-            "command": "python -m workers.generators.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m workers.training.generators " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
     )
     log(

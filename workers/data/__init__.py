@@ -1,1 +1,0 @@
-"""Procedural data sets for the demo model (no download needed)."""

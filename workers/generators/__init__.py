@@ -1,1 +1,0 @@
-"""Training of the binary classifier and the two generators of adversarial_generators."""
