@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.methods import CATALOG
+from schemas.problems import ProblemDetails
+from schemas.status import JobStatus
 
 Output = Literal["heatmap_png", "overlay_png", "array", "mask_png"]
 Normalize = Literal["minmax", "abs_max", "none"]
@@ -96,9 +98,13 @@ class Explanation(BaseModel):
 
 
 class Timings(BaseModel):
-    queue_ms: float
-    compute_ms: float
-    total_ms: float
+    """Where the time of one job went. The worker fills queue and compute; the gateway adds total."""
+
+    queue_ms: float = Field(..., description="from enqueue until a worker took the job")
+    compute_ms: float = Field(..., description="this job's share of the batch: preprocessing, forward, its maps")
+    batch_ms: float | None = Field(None, description="wall time of the whole batch the job ran in (explain jobs)")
+    batch_size: int | None = Field(None, description="jobs executed together with this one (explain jobs)")
+    total_ms: float | None = Field(None, description="from the request's arrival (or the job's creation) to its answer")
 
 
 class ExplainResponse(BaseModel):
@@ -110,20 +116,20 @@ class ExplainResponse(BaseModel):
     timings: Timings
 
 
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
-
-
 class JobAccepted(BaseModel):
     id: str
-    status: JobStatus = "queued"
+    status: JobStatus = JobStatus.queued
 
 
 class JobState(BaseModel):
+    """GET /v1/jobs/{id}: status and progress; the result (or the problem) once finished."""
+
     id: str
     status: JobStatus
-    progress: float = 0.0
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    model: str | None = None
     result: ExplainResponse | None = None
-    error: dict[str, Any] | None = None
+    error: ProblemDetails | None = None
 
 
 # ---- evaluation (§7) -------------------------------------------------------------------
@@ -213,3 +219,28 @@ from schemas.metrics import DEFAULT_EVALUATE_METRICS, GroundTruth, MetricCall, c
 
 EvaluateRequest.model_rebuild()
 CompareRequest.model_rebuild()
+
+
+class EvaluateTimings(BaseModel):
+    queue_ms: float | None = None
+    compute_ms: float
+    total_ms: float | None = None
+
+
+class EvaluateResponse(BaseModel):
+    """{method: {metric: value}}: the mean over the images (or per image with ``per_sample``); a
+    multi-output metric gives {output: value}; a metric undefined on every image gives null."""
+
+    id: str
+    model: str
+    images: int
+    results: dict[str, dict[str, Any]]
+    timings: EvaluateTimings
+
+
+class CompareResponse(BaseModel):
+    id: str
+    model: str | None = None
+    methods: list[str] | None = None
+    metrics: dict[str, float | None]
+    timings: EvaluateTimings

@@ -5,7 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 PROBLEM_BASE = "https://whitebox.dev/problems/"
+
+
+class ErrorItem(BaseModel):
+    loc: list[str] = Field(..., description="path of the offending field, e.g. ['body', 'methods', '0', 'params']")
+    msg: str
+    type: str | None = None
+
+
+class ProblemDetails(BaseModel):
+    """application/problem+json (RFC 9457): every 4xx/5xx answer of the API has this body."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(..., description=PROBLEM_BASE + "<slug>")
+    title: str
+    status: int
+    detail: str
+    errors: list[ErrorItem] | None = None
 
 
 class Problem(Exception):
@@ -25,6 +44,17 @@ class Problem(Exception):
         self.field = field
         self.errors = errors
         self.headers = headers or {}
+
+    @classmethod
+    def from_details(cls, details: ProblemDetails) -> Problem:
+        """The exception again from its stored body (a job's result crossing Redis)."""
+        p = cls(details.detail, errors=[e.model_dump(exclude_none=True) for e in details.errors or []] or None)
+        p.status, p.title = details.status, details.title
+        p.slug = details.type.rsplit("/", 1)[-1] or "worker-failure"
+        return p
+
+    def details(self) -> ProblemDetails:
+        return ProblemDetails.model_validate(self.problem())
 
     @property
     def type(self) -> str:

@@ -1,12 +1,13 @@
 """The queue protocol: every Redis key, stream, group and TTL that the gateway
-and the workers share, and the job message that crosses the stream.
+and the workers share, the job messages that cross the stream and the result the
+worker stores.
 
 Layout (prefix ``whitebox:``)::
 
-    jobs:{model}        stream of JobMessage, read by consumer group GROUP
+    jobs:{model}        stream of JobMessage (field "job"), read by consumer group GROUP
     dead                dead-letter stream (jobs delivered too many times)
     job:{id}            hash: status, progress, model, created, error   (TTL)
-    result:{id}         JSON of the ExplainResponse or problem          (TTL)
+    result:{id}         JSON of a JobResult                             (TTL)
     cancel:{id}         present when the client cancelled               (TTL)
     events              pub/sub channel: job id whose result was stored
     worker:{worker_id}  heartbeat: JSON {models, pid, ts}               (short TTL)
@@ -17,17 +18,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest
+from schemas.problems import ProblemDetails
+from schemas.status import JobStatus
 
 PREFIX = "whitebox:"
 GROUP = "workers"
 EVENTS_CHANNEL = PREFIX + "events"
 DEAD_LETTER_STREAM = PREFIX + "dead"
 
-# TTLs in seconds
-RESULT_TTL_S = 3600
+# TTLs in seconds (the result TTL is a setting: schemas.settings)
 HEARTBEAT_TTL_S = 10
 HEARTBEAT_EVERY_S = 2.0
 MODEL_CARD_TTL_S = 60
@@ -64,25 +68,63 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-class JobMessage(BaseModel):
-    """What the gateway puts on ``jobs:{model}`` (field ``job`` of the entry).
+class _Job(BaseModel):
+    """Fields of every job message. The request was validated by the gateway; the image bytes
+    travel base64 inside it (bounded by the gateway's body limit), never through a file."""
 
-    The request is already validated; the image bytes travel base64 in the
-    message (bounded by the gateway's body limit), never through a file."""
-
+    model_config = ConfigDict(extra="forbid")
     id: str
     model: str
-    request: dict[str, Any]  # ExplainRequest.model_dump()
-    image_size: tuple[int, int] = Field(..., description="(width, height) as the client sent it")
     enqueued_at: float = Field(default_factory=time.time)
-    kind: str = "explain"
+    target_index: int | None = Field(
+        None, ge=0, description="the request's target resolved by the gateway: a class index, or None for 'predicted'"
+    )
 
-    def encode(self) -> dict[str, str]:
-        return {"job": self.model_dump_json()}
 
-    @classmethod
-    def decode(cls, fields: dict) -> JobMessage:
-        raw = fields.get("job") if "job" in fields else fields.get(b"job")
-        if isinstance(raw, bytes):
-            raw = raw.decode()
-        return cls.model_validate_json(raw)
+class ExplainJob(_Job):
+    kind: Literal["explain"] = "explain"
+    request: ExplainRequest
+
+
+class EvaluateJob(_Job):
+    kind: Literal["evaluate"] = "evaluate"
+    request: EvaluateRequest
+
+
+class CompareJob(_Job):
+    kind: Literal["compare"] = "compare"
+    request: CompareRequest
+
+
+JobMessage = Annotated[ExplainJob | EvaluateJob | CompareJob, Field(discriminator="kind")]
+_JOB = TypeAdapter(JobMessage)
+JOB_FIELD = "job"  # the stream entry's one field
+
+
+def encode_job(job: ExplainJob | EvaluateJob | CompareJob) -> dict[str, str]:
+    return {JOB_FIELD: job.model_dump_json()}
+
+
+def decode_job(fields: dict) -> ExplainJob | EvaluateJob | CompareJob:
+    """The message of a stream entry (raises pydantic.ValidationError or KeyError when malformed)."""
+    raw = fields[JOB_FIELD] if JOB_FIELD in fields else fields[JOB_FIELD.encode()]
+    return _JOB.validate_json(raw)
+
+
+class JobResult(BaseModel):
+    """What the worker stores at ``result:{id}``: the response body when done, else the problem."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: JobStatus
+    response: dict[str, Any] | None = Field(
+        None, description="ExplainResponse / EvaluateResponse / CompareResponse dump, by the job's kind"
+    )
+    problem: ProblemDetails | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> JobResult:
+        if (self.status == JobStatus.done) != (self.response is not None):
+            raise ValueError("a done job has a response, and only a done job")
+        if self.status != JobStatus.done and self.problem is None:
+            raise ValueError("a job that is not done has a problem")
+        return self

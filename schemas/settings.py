@@ -1,62 +1,110 @@
-"""Configuration from the environment (DESIGN.md §5): the one place for limits and defaults."""
+"""Configuration: every environment variable the processes read, with its default and bounds, in
+one ``BaseSettings`` (pydantic-settings). Nothing else reads the environment.
+
+Variables are ``WHITEBOX_<FIELD>`` (``REDIS_URL`` and ``WHITEBOX_MODELS`` keep their short names).
+A bad value stops the process with one line naming the variable (:meth:`Settings.from_env`)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "WHITEBOX_"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-def _int(name: str, default: int) -> int:
-    v = os.environ.get(name)
-    return int(v) if v not in (None, "") else default
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False
+    )
 
-
-def _float(name: str, default: float) -> float:
-    v = os.environ.get(name)
-    return float(v) if v not in (None, "") else default
-
-
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str | None = None
-    models_path: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys: frozenset[str] = field(default_factory=frozenset)
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "WHITEBOX_REDIS_URL"),
+        description="redis://host:port/db of the queue; unset: `whitebox serve` starts an embedded Redis",
+    )
+    models_path: str | None = Field(
+        None,
+        validation_alias=AliasChoices("WHITEBOX_MODELS", "WHITEBOX_MODELS_PATH"),
+        description="registry YAML; unset: workers/models/registry/default.yaml",
+    )
+    host: str = Field("127.0.0.1", description="gateway bind address")
+    port: int = Field(8000, ge=1, le=65535, description="gateway port")
+    api_keys: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(), description="comma-separated API keys; empty: no authentication"
+    )
+    log_level: LogLevel = Field("INFO", description="log level of every process")
+    data_dir: Path = Field(Path(".whitebox-data"), description="`whitebox serve`: the embedded Redis' directory")
     # limits
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
-    request_timeout_s: float = 120.0
-    max_queue_depth: int = 256
-    result_ttl_s: int = 3600
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest image (width x height), checked first")
+    request_timeout_s: float = Field(120.0, gt=0, description="synchronous explain: wait this long for the result")
+    max_queue_depth: int = Field(256, ge=1, description="jobs queued per model before 503 + Retry-After")
+    result_ttl_s: int = Field(3600, ge=1, description="how long results and job states are kept")
     # worker
     # dynamic batching, measured in docs/performance.md: up to 8 jobs per batch (ResNet-18 at
     # 224: 1.5x cheaper per request at 8 than alone, little beyond); no added wait (greedy
     # batching of what queued while the worker was busy, Triton's default): a wait only
     # delays a lone request and gave no throughput at concurrency 4 or 16 on this machine
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 0.0
-    claim_idle_ms: int = 30_000
-    max_deliveries: int = 3
-    worker_threads: int = 0  # 0: the CPUs this process may use
+    max_batch_size: int = Field(8, ge=1, le=1024, description="jobs read and run together")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="wait this long to fill a batch")
+    claim_idle_ms: int = Field(30_000, ge=1, description="take over a job idle this long (its worker died)")
+    max_deliveries: int = Field(3, ge=1, description="deliveries before a job goes to the dead-letter stream")
+    worker_threads: int = Field(0, ge=0, description="torch threads; 0: the CPUs this process may use")
+    worker_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated models this worker serves; empty: all of the registry"
+    )
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker's Prometheus port; 0: none")
+    worker_metrics_host: str = Field("127.0.0.1", description="worker's Prometheus bind address")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return frozenset(k.strip() for k in v.split(",") if k.strip())
+        return v
+
+    @field_validator("worker_models", mode="before")
+    @classmethod
+    def _models(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(m.strip() for m in v.split(",") if m.strip())
+        return v
+
+    @field_validator("redis_url", "models_path", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
     @classmethod
     def from_env(cls) -> Settings:
-        keys = os.environ.get("WHITEBOX_API_KEYS", "")
-        return cls(
-            redis_url=os.environ.get("REDIS_URL") or None,
-            models_path=os.environ.get("WHITEBOX_MODELS") or None,
-            host=os.environ.get("WHITEBOX_HOST", "127.0.0.1"),
-            port=_int("WHITEBOX_PORT", 8000),
-            api_keys=frozenset(k.strip() for k in keys.split(",") if k.strip()),
-            max_body_bytes=_int("WHITEBOX_MAX_BODY_BYTES", cls.max_body_bytes),
-            max_image_pixels=_int("WHITEBOX_MAX_IMAGE_PIXELS", cls.max_image_pixels),
-            request_timeout_s=_float("WHITEBOX_REQUEST_TIMEOUT_S", cls.request_timeout_s),
-            max_queue_depth=_int("WHITEBOX_MAX_QUEUE_DEPTH", cls.max_queue_depth),
-            result_ttl_s=_int("WHITEBOX_RESULT_TTL_S", cls.result_ttl_s),
-            max_batch_size=_int("WHITEBOX_MAX_BATCH_SIZE", cls.max_batch_size),
-            max_queue_delay_ms=_float("WHITEBOX_MAX_QUEUE_DELAY_MS", cls.max_queue_delay_ms),
-            claim_idle_ms=_int("WHITEBOX_CLAIM_IDLE_MS", cls.claim_idle_ms),
-            max_deliveries=_int("WHITEBOX_MAX_DELIVERIES", cls.max_deliveries),
-            worker_threads=_int("WHITEBOX_WORKER_THREADS", 0),
-        )
+        """The settings of this process; a bad variable is a one-line SystemExit naming it."""
+        try:
+            return cls()
+        except ValidationError as e:
+            raise SystemExit(f"whitebox: bad configuration: {describe_errors(e)}") from None
+
+
+def env_name(field: str) -> str:
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def describe_errors(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = env_name(field) if field in Settings.model_fields else field
+        parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
+    return "; ".join(parts)
