@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from schemas.methods import CATALOG
+from schemas.methods import CATALOG, Params
 from schemas.problems import ProblemDetails
 from schemas.status import JobStatus
 
@@ -17,11 +17,13 @@ Colormap = Literal["jet", "gray", "hot", "viridis"]
 
 
 class MethodCall(BaseModel):
-    """One requested method: its public name and validated parameters."""
+    """One requested method: its public name and parameters, validated against the method's params
+    model; ``params`` is their dump (defaults left out), ``parsed`` the validated model itself."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(..., description="a method of GET /v1/methods")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's params_schema")
+    _parsed: Params | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> MethodCall:
@@ -29,8 +31,14 @@ class MethodCall(BaseModel):
         if spec is None:
             raise ValueError(f"unknown method {self.name!r}; known: {', '.join(sorted(CATALOG))}")
         # validation errors of the params model propagate with their field paths
-        self.params = spec.params.model_validate(self.params).model_dump(exclude_none=True)
+        self._parsed = spec.params.model_validate(self.params)
+        self.params = self._parsed.model_dump(exclude_none=True)
         return self
+
+    @property
+    def parsed(self) -> Params:
+        assert self._parsed is not None
+        return self._parsed
 
 
 class ExplainRequest(BaseModel):

@@ -14,10 +14,22 @@ from schemas.methods.base import CATALOG, MethodSpec, Params, SmoothGradModifier
 from schemas.methods import linearization, structure, perturbation  # noqa: F401
 # isort: on
 
-__all__ = ["CATALOG", "MethodSpec", "Params", "SmoothGradModifier", "method", "parse_params"]
+__all__ = ["CATALOG", "MethodSpec", "Params", "SmoothGradModifier", "method", "parse_params", "default_reduce"]
 
 
 def parse_params(name: str, params: dict | None) -> Params:
     """Validate ``params`` for method ``name`` (raises KeyError or pydantic ValidationError)."""
     spec = CATALOG[name]
     return spec.params.model_validate(params or {})
+
+
+def default_reduce(name: str, params: Params | dict | None = None) -> str:
+    """The C x H x W -> H x W reduction of a method's map when the request names none: the catalog's
+    default, except that SmoothGrad reduces as its base method does (a sum over integrated gradients).
+    One-channel methods ("single") answer ``max_abs``: every reduction leaves one channel as it is."""
+    if name == "smoothgrad":
+        base = params.get("base") if isinstance(params, dict) else getattr(params, "base", None)
+        if base in CATALOG:
+            name = base
+    how = CATALOG[name].default_reduce
+    return "max_abs" if how == "single" else how
