@@ -4,15 +4,17 @@ Base units, the ``whitebox_`` prefix, and no per-job labels."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class WorkerMetrics:
-    def __init__(self, registry=None):
-        kw = {"registry": registry} if registry is not None else {}
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
         self.explanation_duration = Histogram(
             "whitebox_explanation_duration_seconds",
             "Compute time of one explanation, per sample",
@@ -39,8 +41,8 @@ class WorkerMetrics:
 
 
 class GatewayMetrics:
-    def __init__(self, registry=None):
-        kw = {"registry": registry} if registry is not None else {}
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        kw: dict[str, Any] = {"registry": registry} if registry is not None else {}
         self.requests = Counter("whitebox_http_requests_total", "HTTP requests", ["route", "method", "status"], **kw)
         self.latency = Histogram(
             "whitebox_http_request_duration_seconds", "HTTP request latency", ["route"], buckets=WAIT_BUCKETS, **kw

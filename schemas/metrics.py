@@ -181,7 +181,7 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {}
 
 
-def _metric(**kw) -> MetricSpec:
+def _metric(**kw: Any) -> MetricSpec:
     spec = MetricSpec(**kw)
     if spec.name in METRICS:
         raise ValueError(f"metric {spec.name!r} declared twice")
@@ -432,6 +432,6 @@ def check_metrics(calls: list[MetricCall | str], has_ground_truth: bool, for_com
     return problems
 
 
-def parse_metric_params(name: str, params: dict | None) -> MetricParams:
+def parse_metric_params(name: str, params: dict[str, Any] | None) -> MetricParams:
     """Validate ``params`` for metric ``name`` (raises KeyError or pydantic ValidationError)."""
     return METRICS[name].params.model_validate(params or {})

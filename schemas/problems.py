@@ -36,9 +36,9 @@ class Problem(Exception):
         self,
         detail: str,
         field: str | None = None,
-        errors: list[dict] | None = None,
+        errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
-    ):
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field

@@ -105,7 +105,7 @@ def encode_job(job: ExplainJob | EvaluateJob | CompareJob) -> dict[str, str]:
     return {JOB_FIELD: job.model_dump_json()}
 
 
-def decode_job(fields: dict) -> ExplainJob | EvaluateJob | CompareJob:
+def decode_job(fields: dict[Any, Any]) -> ExplainJob | EvaluateJob | CompareJob:
     """The message of a stream entry (raises pydantic.ValidationError or KeyError when malformed)."""
     raw = fields[JOB_FIELD] if JOB_FIELD in fields else fields[JOB_FIELD.encode()]
     return _JOB.validate_json(raw)
