@@ -3,8 +3,10 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
+COPY common ./common
 COPY service ./service
 COPY workers ./workers
+COPY cli ./cli
 RUN pip install --no-cache-dir . && useradd --uid 10001 whitebox
 USER 10001
 ENV WHITEBOX_HOST=0.0.0.0 WHITEBOX_PORT=8000
