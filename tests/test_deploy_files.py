@@ -40,3 +40,15 @@ def test_k8s_manifests_are_consistent():
     assert services["whitebox"]["spec"]["selector"] == {"app": "whitebox-gateway"}
     cfg = next(d for d in docs if d["kind"] == "ConfigMap")
     assert cfg["data"]["REDIS_URL"].startswith("redis://whitebox-redis:")
+
+
+def test_dockerfile_copies_every_package():
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.rstrip("*") for p in include]
+    assert {"schemas", "service", "workers"} <= set(packages)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for pkg in packages:
+        assert (ROOT / pkg / "__init__.py").exists(), pkg
+        assert f"COPY {pkg} ./{pkg}" in dockerfile, pkg
