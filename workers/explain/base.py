@@ -97,55 +97,6 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, targets.view(-1, 1)).squeeze(1)
 
 
-class LayerCapture:
-    """Forward hook that keeps a module's output (the activation A of CAM-type methods).
-
-    The kept tensor is the module's own output; the network continues on a clone,
-    so a following in-place op (VGG's ReLU(inplace=True)) cannot overwrite it
-    and the gradient w.r.t. A still flows through the clone."""
-
-    def __init__(self, module: torch.nn.Module, stop: bool = False):
-        self.module = module
-        self.stop = stop
-        self.output: torch.Tensor | None = None
-        self._handle = None
-
-    def _hook(self, mod, inp, out):
-        if self.stop:
-            self.output = out
-            raise _StopForward
-        if not torch.is_grad_enabled():
-            self.output = out
-            return out
-        if not out.requires_grad:  # frozen weights and an input without grad: start the graph here
-            out = out.detach().requires_grad_(True)
-        self.output = out
-        return out.clone()
-
-    def __enter__(self) -> LayerCapture:
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-
-class _StopForward(Exception):
-    pass
-
-
-def forward_to_layer(net: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run the network only up to ``layer`` and return its output (no gradient needed: FEM, CAM)."""
-    with LayerCapture(layer, stop=True) as cap:
-        try:
-            net(x)
-        except _StopForward:
-            pass
-    if cap.output is None:
-        raise RuntimeError("the layer was not reached in the forward pass")
-    return cap.output
-
-
 def input_gradient(net: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dS_c/dx, logits) for a batch: one forward and one plain backward."""
     with torch.enable_grad():

@@ -30,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from workers.errors import MethodError
 from workers.explain.engine import FUNCTION_KINDS, RuleMode, register_kind
+from workers.models.hooks import forward_hooks
 
 T = torch.Tensor
 
@@ -174,7 +175,9 @@ class CheckedRuleMode(RuleMode):
             out = func(*args, **kwargs)
         except Exception:  # an uncovered op may also fail on the pass's batch layout or dtype
             if func not in self.covered and (_any_grad(args) or _any_grad(list(kwargs.values()))):
-                raise MethodError(f"{self.method} has no rule for {func_name(func)!r} met in the forward pass")
+                raise MethodError(
+                    f"{self.method} has no rule for {func_name(func)!r} met in the forward pass"
+                ) from None
             raise
         if func not in self.covered and _any_grad(out):
             raise MethodError(f"{self.method} has no rule for {func_name(func)!r} met in the forward pass")
@@ -242,36 +245,35 @@ def analyse(net: nn.Module, input_shape: tuple[int, ...]) -> Analysis:
     stack: list[tuple[str, str]] = []
     layer_out: dict[int, tuple[torch.Tensor, str, nn.Module]] = {}
     pairs: list[tuple[str, nn.Module, str, nn.Module]] = []
-    handles = []
 
-    for name, mod in net.named_modules():
-        label = name or "(model)"
-
-        def pre(m, inp, label=label):
+    def pre_hook(label: str):
+        def pre(m, inp):
             stack.append((label, type(m).__name__))
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and inp and isinstance(inp[0], torch.Tensor):
                 hit = layer_out.get(id(inp[0]))
                 if hit is not None and hit[0] is inp[0] and m.track_running_stats and m.running_mean is not None:
                     pairs.append((hit[1], hit[2], label, m))
 
-        def post(m, inp, out, label=label):
+        return pre
+
+    def post_hook(label: str):
+        def post(m, inp, out):
             if stack:
                 stack.pop()
             if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(out, torch.Tensor):
                 layer_out[id(out)] = (out, label, m)
 
-        handles.append(mod.register_forward_pre_hook(pre))
-        handles.append(mod.register_forward_hook(post))
+        return post
+
+    modules = [(mod, name or "(model)") for name, mod in net.named_modules()]
     param = next(net.parameters(), None)
     dev = param.device if param is not None else torch.device("cpu")
     x = torch.zeros((1, *input_shape), device=dev, requires_grad=True)
     trace = _Trace(stack)
-    try:
-        with torch.enable_grad(), trace:
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
+    pre = [(mod, pre_hook(label)) for mod, label in modules]
+    post = [(mod, post_hook(label)) for mod, label in modules]
+    with forward_hooks(post, pre), torch.enable_grad(), trace:
+        net(x)
     res = Analysis()
     for family in COVERED:
         res.unsupported[family] = trace.first.get(family)

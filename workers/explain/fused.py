@@ -29,6 +29,7 @@ resolve, a method not applicable to the model) are left to
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, At
 from workers.explain.fem import fem_map
 from workers.explain.gradients import upsample
 from workers.explain.relu_rules import rectifier_mode
+from workers.models.hooks import LayerCapture
 from workers.models.loading import LoadedModel
 
 FUSABLE = ("saliency", "gradcam", "guided_backprop", "guided_gradcam", "deconvnet", "fem", "cam")
@@ -95,24 +97,6 @@ class _Switch:
         self.mode = "plain"
 
 
-class _Capture:
-    """Keeps the output of a module's last call; the network goes on with a clone (an
-    in-place op after the layer cannot overwrite it, and the gradient w.r.t. the kept
-    tensor flows through the clone). ``start_graph`` makes the kept tensor a leaf that
-    requires grad when the input does not (Grad-CAM alone needs no gradient below A)."""
-
-    def __init__(self, module: torch.nn.Module, start_graph: bool):
-        self.start_graph = start_graph
-        self.output: torch.Tensor | None = None
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, mod, inp, out):
-        if self.start_graph and torch.is_grad_enabled() and not out.requires_grad:
-            out = out.detach().requires_grad_(True)
-        self.output = out
-        return out.clone()
-
-
 # ---- the fused pass ----------------------------------------------------------------------
 
 
@@ -140,8 +124,10 @@ class FusedPass:
 
     def forward(self) -> torch.Tensor:
         net = self.model.module
-        caps = {name: _Capture(self.model.module_at(name), start_graph=not self.x_grad) for name in self.layers}
-        try:
+        caps = {name: LayerCapture(self.model.module_at(name), start_graph=not self.x_grad) for name in self.layers}
+        with ExitStack() as stack:
+            for c in caps.values():
+                stack.enter_context(c)
             if not self.needs_grad:
                 with torch.inference_mode():
                     logits = net(self.x)
@@ -154,13 +140,8 @@ class FusedPass:
                     else:
                         logits = net(xi)
                 self._xi = xi
-        finally:
-            for c in caps.values():
-                c.handle.remove()
         for name, c in caps.items():
-            if c.output is None:
-                raise RuntimeError(f"layer {name!r} was not reached in the forward pass")
-            self.acts[name] = c.output
+            self.acts[name] = c.result(f"layer {name!r}")
         self.logits = logits
         return logits.detach()
 

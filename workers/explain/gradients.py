@@ -7,7 +7,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from workers.explain.base import Attribution, Context, LayerCapture, input_gradient, register, target_scores
+from workers.explain.base import Attribution, Context, input_gradient, register, target_scores
+from workers.models.hooks import LayerCapture
 
 
 @register("saliency")
@@ -45,10 +46,6 @@ def gradcam(ctx: Context) -> Attribution:
 _CALLS: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
-class _StopAtLayer(Exception):
-    pass
-
-
 def calls_per_forward(model, layer: str) -> int:
     """How many times the module ``layer`` is called in one forward pass (a ResNet block's
     ``relu`` module is called twice); probed once per model and layer, then cached."""
@@ -57,42 +54,15 @@ def calls_per_forward(model, layer: str) -> int:
     if known is None:
         known = _CALLS[net] = {}
     if layer not in known:
-        count = [0]
-
-        def hook(mod, inp, out):
-            count[0] += 1
-
-        h = model.module_at(layer).register_forward_hook(hook)
-        try:
-            with torch.inference_mode():
-                net(torch.zeros(1, model.channels, *model.input_size, device=model.device))
-        finally:
-            h.remove()
-        known[layer] = count[0]
+        with torch.inference_mode(), LayerCapture(model.module_at(layer)) as probe:
+            net(torch.zeros(1, model.channels, *model.input_size, device=model.device))
+        known[layer] = probe.calls
     return known[layer]
 
 
 def layer_output(model, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The output of the *last* call of module ``layer`` (the activation Grad-CAM differentiates),
     running the network no further than that call. Call under ``torch.inference_mode()``."""
-    n = calls_per_forward(model, layer)
-    seen = [0]
-    kept: list[torch.Tensor | None] = [None]
-
-    def hook(mod, inp, out):
-        seen[0] += 1
-        if seen[0] >= n:
-            kept[0] = out
-            raise _StopAtLayer
-        kept[0] = out.clone()  # only used if this forward calls the layer fewer times than the probe
-
-    h = model.module_at(layer).register_forward_hook(hook)
-    try:
+    with LayerCapture(model.module_at(layer), stop_after=calls_per_forward(model, layer)) as cap:
         model.module(x)
-    except _StopAtLayer:
-        pass
-    finally:
-        h.remove()
-    if kept[0] is None:
-        raise RuntimeError(f"layer {layer!r} was not reached in the forward pass")
-    return kept[0]
+    return cap.result(f"layer {layer!r}")

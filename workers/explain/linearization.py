@@ -7,6 +7,7 @@ SmoothGrad in :mod:`workers.explain.smooth`, the per-call rectifier rules in
 from __future__ import annotations
 
 import weakref
+from contextlib import ExitStack
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,7 @@ from workers.explain import integrated, smooth  # noqa: F401  (register their me
 from workers.explain.base import Attribution, Context, register, target_scores
 from workers.explain.gradients import layer_output, upsample
 from workers.explain.relu_rules import rectifier_mode
+from workers.models.hooks import LayerCapture, forward_hooks
 from workers.models.loading import LoadedModel
 
 
@@ -66,14 +68,6 @@ class _Head:
 _HEADS: weakref.WeakKeyDictionary[nn.Module, _Head] = weakref.WeakKeyDictionary()
 
 
-def _capture_last(store: dict, name: str):
-    def hook(mod, inp, out):
-        if isinstance(out, torch.Tensor):
-            store[name] = out.detach().clone()  # clone: a later in-place op must not change it
-
-    return hook
-
-
 def find_gap_linear_head(model: LoadedModel) -> _Head:
     """Run the network once on seeded random input and find, for every feature-map layer,
     whether the model's output is ``Linear(GAP(layer output))``: the last ``nn.Linear``
@@ -83,26 +77,24 @@ def find_gap_linear_head(model: LoadedModel) -> _Head:
     head = _HEADS.get(net)
     if head is not None:
         return head
-    acts: dict[str, torch.Tensor] = {}
     lin_calls: list[tuple[str, nn.Linear, torch.Tensor, torch.Tensor]] = []
-    handles = []
-    for name in model.layers:
-        handles.append(net.get_submodule(name).register_forward_hook(_capture_last(acts, name)))
-    for name, mod in net.named_modules():
-        if isinstance(mod, nn.Linear):
 
-            def hook(m, inp, out, name=name):
-                lin_calls.append((name, m, inp[0].detach().clone(), out.detach()))
+    def linear_call(name: str):
+        def hook(m, inp, out):
+            lin_calls.append((name, m, inp[0].detach().clone(), out.detach()))
 
-            handles.append(mod.register_forward_hook(hook))
+        return hook
+
+    linears = [(mod, linear_call(name)) for name, mod in net.named_modules() if isinstance(mod, nn.Linear)]
     g = torch.Generator().manual_seed(0)
     x = torch.randn((2, model.channels, *model.input_size), generator=g).to(model.device)
-    try:
-        with torch.inference_mode():
-            logits = net(x)
-    finally:
-        for h in handles:
-            h.remove()
+    caps = {name: LayerCapture(net.get_submodule(name)) for name in model.layers}
+    with ExitStack() as stack, torch.inference_mode():
+        for c in caps.values():
+            stack.enter_context(c)
+        stack.enter_context(forward_hooks(linears))
+        logits = net(x)
+    acts = {name: c.output for name, c in caps.items() if c.output is not None}
     reasons: dict[str, str | None] = {}
     if not lin_calls:
         head = _Head(None, None, {n: "the model has no nn.Linear classifier" for n in model.layers})
@@ -183,18 +175,6 @@ def cam_from(lin: nn.Linear, a: torch.Tensor, targets: torch.Tensor) -> torch.Te
     """sum_k w_{c,k} A_k per sample from the activation A (N, K, h, w) (shared with the fused pass)."""
     w = lin.weight[targets].to(a.dtype)  # (N, K)
     return torch.einsum("nk,nkhw->nhw", w, a).unsqueeze(1)
-
-
-class _Hook:
-    def __init__(self, module: nn.Module, store: dict, name: str):
-        self.module, self.store, self.name = module, store, name
-
-    def __enter__(self):
-        self.h = self.module.register_forward_hook(_capture_last(self.store, self.name))
-        return self
-
-    def __exit__(self, *exc):
-        self.h.remove()
 
 
 @register("cam", applicable=cam_applicable)

@@ -14,6 +14,7 @@ from PIL import Image
 from schemas.registry import ModelEntry, Registry
 from workers.errors import MethodError
 from workers.models import build_architecture
+from workers.models.hooks import forward_hooks
 
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten)
 
@@ -132,22 +133,16 @@ def layer_table(module: nn.Module, channels: int, size: tuple[int, int]) -> tupl
     module, in completion order after the last Conv2d, whose output keeps that
     conv's spatial size (pooling ends the block)."""
     order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    hooks = []
-    for name, mod in module.named_modules():
-        if not name:
-            continue
 
-        def hook(m, inp, out, name=name):
+    def record(name: str):
+        def hook(m, inp, out):
             if isinstance(out, torch.Tensor) and out.dim() == 4:
                 order.append((name, m, tuple(out.shape[1:])))
 
-        hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(1, channels, *size))
-    finally:
-        for h in hooks:
-            h.remove()
+        return hook
+
+    with forward_hooks([(mod, record(name)) for name, mod in module.named_modules() if name]), torch.inference_mode():
+        module(torch.zeros(1, channels, *size))
     table: dict[str, LayerInfo] = {}
     for name, m, shape in order:
         if shape[1] * shape[2] > 1 and name not in table:
