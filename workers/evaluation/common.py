@@ -55,12 +55,6 @@ def batched_maps(
     return torch.cat(out)
 
 
-def pixel_to_input(model: LoadedModel, value: float) -> torch.Tensor:
-    """A [0,1] pixel intensity as the normalised input value of each channel, shape (1, C, 1, 1)."""
-    m, s = model.mean_std()
-    return (value - m) / s
-
-
 def pixel_scale(model: LoadedModel) -> torch.Tensor:
     """1 / std per channel (1, C, 1, 1): a pixel-scale distance in the normalised input."""
     return 1.0 / model.mean_std()[1]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from workers.evaluation.common import pixel_to_input, scores
+from workers.evaluation.common import scores
 from workers.evaluation.metrics import cc
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.models.loading import LoadedModel
@@ -39,7 +39,7 @@ def blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def _fill_image(model: LoadedModel, x: torch.Tensor, fill: str, value: float, sigma: float) -> torch.Tensor:
     if fill == "blur":
         return blurred(x, sigma)
-    return pixel_to_input(model, value).to(x.dtype).expand_as(x).clone()
+    return model.pixel_to_input(value).to(x.dtype).expand_as(x).clone()
 
 
 def curve_auc(curve: np.ndarray) -> float:
@@ -120,7 +120,7 @@ def faithfulness_correlation(
     nf = c * h * w
     if subset_size > nf:
         raise ValueError(f"subset_size {subset_size} exceeds the {nf} input elements")
-    base = value if isinstance(value, torch.Tensor) else pixel_to_input(model, float(value))
+    base = value if isinstance(value, torch.Tensor) else model.pixel_to_input(float(value))
     base_f = base.to(x.dtype).to(x.device).expand(n, c, h, w).reshape(n, -1)
     xf = x.detach().reshape(n, -1)
     y0 = scores(model, x, targets).double().numpy()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from workers.errors import MethodError
-from workers.explain.engine import FUNCTION_KINDS, RuleMode, register_kind
+from workers.explain.engine import FUNCTION_KINDS, RuleMode, call_arg, register_kind
 from workers.models.hooks import forward_hooks
 
 T = torch.Tensor
@@ -131,23 +131,17 @@ def _any_grad(out) -> bool:
     return False
 
 
-def _arg(args: tuple, kwargs: dict, pos: int, name: str, default=None):
-    if len(args) > pos:
-        return args[pos]
-    return kwargs.get(name, default)
-
-
 def call_problem(func: Callable, args: tuple, kwargs: dict) -> str | None:
     """Calls of covered functions that still cannot be explained (batch statistics, active dropout)."""
-    if func in _DROPOUTS and _arg(args, kwargs, 2, "training", True) and _arg(args, kwargs, 1, "p", 0.5) > 0:
+    if func in _DROPOUTS and call_arg(args, kwargs, 2, "training", True) and call_arg(args, kwargs, 1, "p", 0.5) > 0:
         return "dropout in training mode"
     if func is F.batch_norm:
-        if _arg(args, kwargs, 5, "training", False) or _arg(args, kwargs, 1, "running_mean") is None:
+        if call_arg(args, kwargs, 5, "training", False) or call_arg(args, kwargs, 1, "running_mean") is None:
             return "batch normalisation with batch statistics (training mode or no running statistics)"
-    if func is F.max_pool2d and _arg(args, kwargs, 6, "return_indices", False):
+    if func is F.max_pool2d and call_arg(args, kwargs, 6, "return_indices", False):
         return "max-pooling that returns indices"
     if func in _REDUCTIONS:
-        x, dim = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "dim")
+        x, dim = call_arg(args, kwargs, 0, "input"), call_arg(args, kwargs, 1, "dim")
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
         if dim is None or any(d is None or (d % max(x.dim(), 1)) == 0 for d in dims):
             return f"{func_name(func)} over the batch dimension"

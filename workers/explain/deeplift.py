@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from workers.errors import MethodError
-from workers.explain.canonize import COVERED, CheckedRuleMode, _arg
-from workers.explain.engine import Rule, finish_inplace, relu_input
+from workers.explain.canonize import COVERED, CheckedRuleMode
+from workers.explain.engine import Rule, call_arg, finish_inplace
 from workers.explain.lrp_rules import vjp
+from workers.explain.relu_rules import parse_rectifier
 
 TINY = 1e-12
 
@@ -52,7 +53,7 @@ def _quarters(t: torch.Tensor, n: int, k: int) -> list[torch.Tensor]:
 
 def _pool_args(func, args: tuple, kwargs: dict):
     """Call max_pool2d with the call's arguments but return_indices=True."""
-    if _arg(args, kwargs, 6, "return_indices", False):
+    if call_arg(args, kwargs, 6, "return_indices", False):
         raise MethodError("deeplift: max-pooling that returns indices is not supported")
     args = tuple(args[1:6])
     kw = {k: v for k, v in kwargs.items() if k not in ("input", "return_indices")}
@@ -115,8 +116,8 @@ class RescaleReLURule(Rule):
         self.n = n
 
     def call(self, func, args, kwargs, index):
-        y, inplace = relu_input(func, args, kwargs)
-        return finish_inplace(y, _RescaleReLU.apply(y, self.n), inplace)
+        rect = parse_rectifier(func, args, kwargs)
+        return finish_inplace(rect.x, _RescaleReLU.apply(rect.x, self.n), rect.inplace)
 
 
 class RescaleMaxPoolRule(Rule):
@@ -125,7 +126,7 @@ class RescaleMaxPoolRule(Rule):
         self.rc = reveal_cancel
 
     def call(self, func, args, kwargs, index):
-        y = args[0] if args else kwargs["input"]
+        y = call_arg(args, kwargs, 0, "input")
         pool = _pool_args(func, args, kwargs)
         if self.rc:
             return _RCMaxPool.apply(y, self.n, pool)
@@ -254,10 +255,10 @@ def bind_linear(func, args: tuple, kwargs: dict, spec) -> tuple:
 
 def bind_batch_norm(args: tuple, kwargs: dict) -> tuple:
     """(input, scale, shift, f) of an eval-mode batch_norm call: y = scale * x + shift per channel."""
-    x = _arg(args, kwargs, 0, "input")
-    mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
-    weight, bias = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")
-    eps = _arg(args, kwargs, 7, "eps", 1e-5)
+    x = call_arg(args, kwargs, 0, "input")
+    mean, var = call_arg(args, kwargs, 1, "running_mean"), call_arg(args, kwargs, 2, "running_var")
+    weight, bias = call_arg(args, kwargs, 3, "weight"), call_arg(args, kwargs, 4, "bias")
+    eps = call_arg(args, kwargs, 7, "eps", 1e-5)
     scale = (weight if weight is not None else torch.ones_like(var)) / torch.sqrt(var + eps)
     shift = (bias if bias is not None else torch.zeros_like(mean)) - mean * scale
     shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -291,7 +292,7 @@ class CastRule(Rule):
     """conv2d / linear / batch_norm in the pass's precision: parameters cast to the input's dtype."""
 
     def call(self, func, args, kwargs, index):
-        x = args[0] if args else kwargs["input"]
+        x = call_arg(args, kwargs, 0, "input")
 
         def cast(v):
             if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != x.dtype:
@@ -320,8 +321,8 @@ class RCReLURule(Rule):
         self.n = n
 
     def call(self, func, args, kwargs, index):
-        y, inplace = relu_input(func, args, kwargs)
-        return finish_inplace(y, _RCReLU.apply(y, self.n), inplace)
+        rect = parse_rectifier(func, args, kwargs)
+        return finish_inplace(rect.x, _RCReLU.apply(rect.x, self.n), rect.inplace)
 
 
 # ---- driver ----------------------------------------------------------------------------------------

@@ -52,13 +52,12 @@ class Rule:
         raise NotImplementedError
 
 
-def relu_input(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, bool]:
-    """(input tensor, in-place?) of any spelling of ReLU."""
-    x = args[0] if args else kwargs["input"]
-    inplace = FUNCTION_KINDS["relu"].get(func, False) or bool(
-        kwargs.get("inplace", args[1] if len(args) > 1 else False)
-    )
-    return x, inplace
+def call_arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` of an intercepted call, passed at position ``pos`` or by keyword (the
+    one parser of call arguments: rules and the structure family's checks read calls with it)."""
+    if len(args) > pos:
+        return args[pos]
+    return kwargs.get(name, default)
 
 
 def finish_inplace(x: torch.Tensor, out: torch.Tensor, inplace: bool) -> torch.Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from workers.explain.base import Attribution, Context, register
-from workers.explain.gradients import layer_output, upsample
+from workers.explain.gradients import layer_output
+from workers.explain.postprocess import resize
 
 
 def fem_map(acts: torch.Tensor, k: float) -> torch.Tensor:
@@ -31,5 +32,5 @@ def fem(ctx: Context) -> Attribution:
     layer = ctx.model.resolve_layer(ctx.params.layer, "fem")
     with torch.inference_mode():
         acts = layer_output(ctx.model, layer, ctx.x)
-        m = upsample(fem_map(acts, ctx.params.k), ctx.x.shape[-2:])
+        m = resize(fem_map(acts, ctx.params.k), ctx.x.shape[-2:])
     return Attribution(m.clone(), used_params={"layer": layer})

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from schemas.methods import CATALOG, Params
 from workers.errors import ExplainError
 from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Progress, target_scores
 from workers.explain.fem import fem_map
-from workers.explain.gradients import upsample
+from workers.explain.gradients import gradcam_from
+from workers.explain.postprocess import resize
 from workers.explain.relu_rules import rectifier_mode
 from workers.models.hooks import LayerCapture
 from workers.models.loading import LoadedModel
@@ -176,8 +176,7 @@ class FusedPass:
                         if self.need_x_plain:
                             grads["plain"], out = out[0], out[1:]
                         for name, g in zip(self.grad_layers, out):
-                            alpha = g.mean(dim=(2, 3), keepdim=True)  # Eq. 9
-                            cams[name] = F.relu((alpha * self.acts[name].detach()).sum(dim=1, keepdim=True))
+                            cams[name] = gradcam_from(self.acts[name], g)
                     else:
                         (grads[mode],) = torch.autograd.grad(score, self._xi, retain_graph=keep)
                 progress((k + 1) / (len(passes) + 1))
@@ -193,18 +192,18 @@ class FusedPass:
             elif c.name == "deconvnet":
                 m = grads["deconv"]
             elif c.name == "gradcam":
-                m = upsample(cams[c.layer], size)
+                m = resize(cams[c.layer], size)
             elif c.name == "guided_gradcam":
-                m = grads["guided"] * upsample(cams[c.layer], size)
+                m = grads["guided"] * resize(cams[c.layer], size)
             elif c.name == "fem":
                 with torch.inference_mode():
-                    m = upsample(fem_map(self.acts[c.layer].detach(), c.params.k), size).clone()
+                    m = resize(fem_map(self.acts[c.layer].detach(), c.params.k), size).clone()
             elif c.name == "cam":
                 from workers.explain.linearization import cam_from, find_gap_linear_head
 
                 lin = find_gap_linear_head(self.model).linear
                 with torch.inference_mode():
-                    m = upsample(cam_from(lin, self.acts[c.layer].detach(), targets), size).clone()
+                    m = resize(cam_from(lin, self.acts[c.layer].detach(), targets), size).clone()
             else:  # pragma: no cover - plan_call admits only FUSABLE
                 raise KeyError(c.name)
             out[c.key] = Attribution(m.detach(), used_params=used)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.explain.base import Attribution, Context, input_gradient, register, target_scores
+from workers.explain.postprocess import resize
 from workers.models.hooks import LayerCapture
 
 
@@ -18,27 +19,27 @@ def saliency(ctx: Context) -> Attribution:
     return Attribution(grad)
 
 
-def gradcam_at(ctx: Context, layer: str) -> torch.Tensor:
-    """Grad-CAM at the layer's resolution (N, 1, h, w), after the ReLU of Eq. 10."""
-    with torch.enable_grad(), LayerCapture(ctx.model.module_at(layer)) as cap:
-        logits = ctx.net(ctx.x)
-        acts = cap.output
-        (grads,) = torch.autograd.grad(target_scores(logits, ctx.targets).sum(), acts)
+def gradcam_from(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (N, 1, h, w) from the activation A (N, K, h, w) and dS_c/dA: the one formula of
+    the single and the fused path."""
     alpha = grads.mean(dim=(2, 3), keepdim=True)  # Eq. 9
     return F.relu((alpha * acts.detach()).sum(dim=1, keepdim=True))  # Eq. 10
 
 
-def upsample(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(m.shape[-2:]) == tuple(size):
-        return m
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+def gradcam_at(ctx: Context, layer: str) -> torch.Tensor:
+    """Grad-CAM at the layer's resolution (N, 1, h, w), after the ReLU of Eq. 10."""
+    with torch.enable_grad(), LayerCapture(ctx.model.module_at(layer)) as cap:
+        logits = ctx.net(ctx.x)
+        acts = cap.result(f"layer {layer!r}")
+        (grads,) = torch.autograd.grad(target_scores(logits, ctx.targets).sum(), acts)
+    return gradcam_from(acts, grads)
 
 
 @register("gradcam")
 def gradcam(ctx: Context) -> Attribution:
     layer = ctx.model.resolve_layer(ctx.params.layer, "gradcam")
     cam = gradcam_at(ctx, layer)
-    return Attribution(upsample(cam, ctx.x.shape[-2:]), used_params={"layer": layer})
+    return Attribution(resize(cam, ctx.x.shape[-2:]), used_params={"layer": layer})
 
 
 # ---- the forward pass up to a layer (FEM, CAM: no gradient, no classifier head) ----------

@@ -15,7 +15,8 @@ import torch.nn as nn
 from workers.errors import MethodError
 from workers.explain import integrated, smooth  # noqa: F401  (register their methods)
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.gradients import layer_output, upsample
+from workers.explain.gradients import layer_output
+from workers.explain.postprocess import resize
 from workers.explain.relu_rules import rectifier_mode
 from workers.models.hooks import LayerCapture, forward_hooks
 from workers.models.loading import LoadedModel
@@ -180,5 +181,5 @@ def cam_from(lin: nn.Linear, a: torch.Tensor, targets: torch.Tensor) -> torch.Te
 @register("cam", applicable=cam_applicable)
 def cam(ctx: Context) -> Attribution:
     layer = cam_layer(ctx.model, ctx.params.layer)
-    m = upsample(cam_at(ctx, layer), ctx.x.shape[-2:])
+    m = resize(cam_at(ctx, layer), ctx.x.shape[-2:])
     return Attribution(m.clone(), used_params={"layer": layer})

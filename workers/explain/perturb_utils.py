@@ -30,12 +30,6 @@ def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Gen
     return g
 
 
-def pixel_to_norm(model: LoadedModel, value: float) -> torch.Tensor:
-    """A constant on the [0,1] pixel scale as a (1, C, 1, 1) normalised value."""
-    m, s = model.mean_std()
-    return (value - m) / s
-
-
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W), reflect padding (kernel cut at 3 sigma)."""
     if sigma <= 0:
@@ -65,9 +59,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def fill_image(model: LoadedModel, x: torch.Tensor, fill: str, blur_sigma: float | None = None) -> torch.Tensor:
     """The image (N, C, H, W) every hidden pixel is taken from, in the normalised input space."""
     if fill == "gray":
-        return pixel_to_norm(model, 0.5).to(x.dtype).expand_as(x).clone()
+        return model.pixel_to_input(0.5).to(x.dtype).expand_as(x).clone()
     if fill == "black":
-        return pixel_to_norm(model, 0.0).to(x.dtype).expand_as(x).clone()
+        return model.pixel_to_input(0.0).to(x.dtype).expand_as(x).clone()
     if fill == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
     if fill == "blur":

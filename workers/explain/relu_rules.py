@@ -25,18 +25,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from workers.explain.engine import FUNCTION_KINDS, Rule, RuleMode, finish_inplace, register_kind
+from workers.explain.engine import FUNCTION_KINDS, Rule, RuleMode, call_arg, finish_inplace, register_kind
 
 register_kind("relu6", {F.relu6: False, F.hardtanh: False, F.hardtanh_: True})
 register_kind("leaky_relu", {F.leaky_relu: False, F.leaky_relu_: True})
 
 RECTIFIER_KINDS = ("relu", "relu6", "leaky_relu")
-
-
-def _arg(args: tuple, kwargs: dict, i: int, name: str, default):
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(name, default)
 
 
 class _Rectifier:
@@ -64,23 +58,24 @@ class _Rectifier:
 
 
 def parse_rectifier(func: Callable, args: tuple, kwargs: dict) -> _Rectifier | None:
-    """The rectifier a call computes, or None when the call is not one (hardtanh with min_val != 0)."""
-    x = args[0] if args else kwargs["input"]
+    """The rectifier a call computes, or None when the call is not one (hardtanh with min_val != 0):
+    the one parser of rectifier calls (the rectifier rules and DeepLIFT's use it)."""
+    x = call_arg(args, kwargs, 0, "input")
     if func in FUNCTION_KINDS["relu"]:
-        inplace = FUNCTION_KINDS["relu"][func] or bool(_arg(args, kwargs, 1, "inplace", False))
+        inplace = FUNCTION_KINDS["relu"][func] or bool(call_arg(args, kwargs, 1, "inplace", False))
         return _Rectifier(x, inplace, "relu", 0.0)
     if func is F.relu6:
-        return _Rectifier(x, bool(_arg(args, kwargs, 1, "inplace", False)), "relu6", 6.0)
+        return _Rectifier(x, bool(call_arg(args, kwargs, 1, "inplace", False)), "relu6", 6.0)
     if func is F.hardtanh or func is F.hardtanh_:
-        lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
-        hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
+        lo = float(call_arg(args, kwargs, 1, "min_val", -1.0))
+        hi = float(call_arg(args, kwargs, 2, "max_val", 1.0))
         if lo != 0.0 or hi <= 0.0:
             return None
-        inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
+        inplace = func is F.hardtanh_ or bool(call_arg(args, kwargs, 3, "inplace", False))
         return _Rectifier(x, inplace, "relu6", hi)
     if func is F.leaky_relu or func is F.leaky_relu_:
-        slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
-        inplace = func is F.leaky_relu_ or bool(_arg(args, kwargs, 2, "inplace", False))
+        slope = float(call_arg(args, kwargs, 1, "negative_slope", 0.01))
+        inplace = func is F.leaky_relu_ or bool(call_arg(args, kwargs, 2, "inplace", False))
         return _Rectifier(x, inplace, "leaky_relu", slope)
     return None
 

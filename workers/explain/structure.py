@@ -32,9 +32,9 @@ import torch
 
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.canonize import COVERED, Analysis, CheckedRuleMode, _arg, model_analysis
+from workers.explain.canonize import COVERED, Analysis, CheckedRuleMode, model_analysis
 from workers.explain.deeplift import CONV_ARGS, LINEAR_ARGS, bind_batch_norm, bind_linear, deeplift, reference_input
-from workers.explain.engine import Rule, finish_inplace
+from workers.explain.engine import Rule, call_arg, finish_inplace
 from workers.explain.lrp_rules import (
     STABILIZER,
     AlphaBeta,
@@ -125,8 +125,8 @@ class BatchNormRule(Rule):
         self.rule = Epsilon(STABILIZER, bias)
 
     def call(self, func, args, kwargs, index):
-        x = _arg(args, kwargs, 0, "input")
-        rm = _arg(args, kwargs, 1, "running_mean")
+        x = call_arg(args, kwargs, 0, "input")
+        rm = call_arg(args, kwargs, 1, "running_mean")
         if id(rm) in self.layers.analysis.folded_bn:
             expected = self.layers.pending.pop(id(rm), None)
             if expected is not x:
@@ -146,8 +146,8 @@ class AddRule(Rule):
 
     def call(self, func, args, kwargs, index):
         inplace = func in (torch.Tensor.add_, torch.Tensor.__iadd__)
-        a = args[0] if args else kwargs["input"]
-        other = args[1] if len(args) > 1 else kwargs.get("other")
+        a = call_arg(args, kwargs, 0, "input")
+        other = call_arg(args, kwargs, 1, "other")
         alpha = kwargs.get("alpha", 1)
         if not isinstance(a, torch.Tensor):  # __radd__ with a python number first
             a, other = other, a
@@ -170,7 +170,7 @@ class PoolRule(Rule):
         self.eps = eps
 
     def call(self, func, args, kwargs, index):
-        x = args[0] if args else kwargs["input"]
+        x = call_arg(args, kwargs, 0, "input")
         rest, kw = args[1:], {k: v for k, v in kwargs.items() if k != "input"}
         return NormFunction.apply(lambda p: func(p, *rest, **kw), self.eps, x)
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
+from safetensors.torch import load_file
 
 from schemas.registry import ModelEntry, Registry
 from workers.errors import MethodError
@@ -26,17 +27,13 @@ class LayerInfo:
     shape: tuple[int, ...]  # (C, h, w) for the model's input size
 
 
-@dataclass
-class LoadedModel:
-    name: str
-    entry: ModelEntry
-    module: nn.Module
-    labels: list[str]
-    device: torch.device
-    layers: dict[str, LayerInfo] = field(default_factory=dict)
-    default_layer: str | None = None
+class InputSpace:
+    """The model's input as the registry entry declares it: size, channels and the per-channel
+    normalisation; ``preprocess`` maps PIL images into that space (mixed into LoadedModel)."""
 
-    # ---- input -------------------------------------------------------------------
+    entry: ModelEntry
+    device: torch.device
+
     @property
     def input_size(self) -> tuple[int, int]:
         return tuple(self.entry.input.size)  # (H, W)
@@ -45,19 +42,19 @@ class LoadedModel:
     def channels(self) -> int:
         return self.entry.input.channels
 
-    @property
-    def num_classes(self) -> int:
-        return self.entry.num_classes
-
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
         m = torch.tensor(self.entry.input.mean, device=self.device).view(1, -1, 1, 1)
         s = torch.tensor(self.entry.input.std, device=self.device).view(1, -1, 1, 1)
         return m, s
 
+    def pixel_to_input(self, value: float) -> torch.Tensor:
+        """A [0,1] pixel intensity as the normalised input value of each channel, shape (1, C, 1, 1)."""
+        m, s = self.mean_std()
+        return (value - m) / s
+
     def input_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of the normalised input: images of [0,1] pixels."""
-        m, s = self.mean_std()
-        return (0 - m) / s, (1 - m) / s
+        return self.pixel_to_input(0), self.pixel_to_input(1)
 
     def to_model_image(self, img: Image.Image) -> Image.Image:
         img = img.convert("L" if self.channels == 1 else "RGB")
@@ -71,14 +68,28 @@ class LoadedModel:
         arrs = []
         for img in images:
             a = np.asarray(self.to_model_image(img), dtype=np.float32) / 255.0
-            if a.ndim == 2:
-                a = a[None]
-            else:
-                a = a.transpose(2, 0, 1)
-            arrs.append(a)
+            arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
         x = torch.from_numpy(np.stack(arrs)).to(self.device)
         m, s = self.mean_std()
         return (x - m) / s
+
+
+@dataclass
+class LoadedModel(InputSpace):
+    """A registry model ready to explain: the frozen network in eval mode on its device, its
+    labels and the table of layers that ``layer`` params name."""
+
+    name: str
+    entry: ModelEntry
+    module: nn.Module
+    labels: list[str]
+    device: torch.device
+    layers: dict[str, LayerInfo] = field(default_factory=dict)
+    default_layer: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.entry.num_classes
 
     # ---- layers --------------------------------------------------------------------
     def resolve_layer(self, name: str | None, method: str) -> str:
@@ -118,8 +129,6 @@ class LoadedModel:
 
 def load_weights(module: nn.Module, path: Path) -> None:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:  # a plain state_dict; never unpickle arbitrary objects
         state = torch.load(str(path), map_location="cpu", weights_only=True)
