@@ -19,6 +19,7 @@ from captum.attr import Deconvolution, GuidedBackprop, GuidedGradCam, LayerGradC
 from PIL import Image
 from pydantic import ValidationError
 
+from schemas.api import ExplainRequest
 from schemas.methods import CATALOG, parse_params
 from tests.test_lin_refs import MODELS, batch, get_model, max_rel_diff, record, reference_net
 from workers.errors import MethodError
@@ -27,6 +28,7 @@ from workers.explain.base import Context
 from workers.explain.gradients import gradcam_at
 from workers.explain.linearization import cam_at
 from workers.explain.relu_rules import rectifier_mode
+from workers.serving.pipeline import Item, run_batch
 
 TOL = 1e-4  # of the reference's range (issue 3)
 NEW = ("deconvnet", "guided_backprop", "integrated_gradients", "smoothgrad", "guided_gradcam", "cam")
@@ -384,8 +386,6 @@ def test_cam_detects_functional_gap_and_refuses_anything_between():
 
 
 def test_pipeline_returns_maps_at_the_client_image_size():
-    from workers.serving.pipeline import Item, run_batch
-
     m = get_model("resnet18")
     rng = np.random.default_rng(0)
     img = Image.fromarray((rng.random((45, 70, 3)) * 255).astype(np.uint8))
@@ -398,13 +398,16 @@ def test_pipeline_returns_maps_at_the_client_image_size():
         {"name": "smoothgrad", "params": {"samples": 2, "base": "guided_backprop"}},
         {"name": "saliency", "params": {"smoothgrad": {"samples": 2}}},
     ]
-    it = Item(request={"methods": methods, "outputs": ["array"], "target": 3}, image=img)
+    req = ExplainRequest.model_validate(
+        {"model": "resnet18", "image": "unused", "methods": methods, "outputs": ["array"], "target": 3}
+    )
+    it = Item(request=req, image=img, target_index=3)
     run_batch(m, [it])
     assert it.error is None, it.error
-    ex = it.result["explanations"]
-    assert [e["method"] for e in ex] == [c["name"] for c in methods]
+    ex = it.result.explanations
+    assert [e.method for e in ex] == [c["name"] for c in methods]
     for e in ex:
-        assert e["array"]["shape"] == [45, 70], e["method"]
+        assert e.array.shape == [45, 70], e.method
     ig = ex[4]
-    assert ig["params"]["baseline"] == "image" and "completeness_error" in ig["metadata"]
-    assert ex[3]["params"]["layer"] == "layer4"
+    assert ig.params["baseline"] == "image" and "completeness_error" in ig.metadata
+    assert ex[3].params["layer"] == "layer4"

@@ -1,6 +1,8 @@
-"""A batch of explain requests on one model, end to end: decode, preprocess, predict,
-resolve targets, run each distinct method call once over the samples that asked
-for it, post-process and render. The worker loop and the CLI both call this."""
+"""A batch of explain requests on one model, end to end: preprocess, predict, take each item's
+target, run each distinct method call once over the samples that asked for it, post-process and
+render. The worker (``workers.serving.execute``) and the CLI both call :func:`run_batch`; the
+requests are validated ``ExplainRequest`` models and every default is read from them
+(docs/architecture.md, "the path of a request")."""
 
 from __future__ import annotations
 
@@ -11,52 +13,254 @@ from typing import Any
 import torch
 from PIL import Image
 
-from schemas.methods import CATALOG
-from workers.errors import ExplainError, TargetError
+from schemas.api import (
+    ClassScore,
+    ExplainRequest,
+    ExplainResponse,
+    Explanation,
+    MethodCall,
+    Prediction,
+    TargetOut,
+    Timings,
+)
+from schemas.methods import default_reduce
+from workers.errors import ExplainError
 from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.fused import FusedCall, FusedPass, call_key, plan_call
 from workers.explain.postprocess import display_map, normalize, reduce_channels, resize
 from workers.models.loading import LoadedModel
 from workers.serving import render
+from workers.serving.targets import check_index
+
+
+@dataclass(frozen=True)
+class Result:
+    """The answer to one request, less what only the worker knows (the job's id and timings)."""
+
+    model: str
+    prediction: Prediction
+    target: TargetOut
+    explanations: list[Explanation]
+
+    def response(self, job_id: str, timings: Timings) -> ExplainResponse:
+        return ExplainResponse(
+            id=job_id,
+            model=self.model,
+            prediction=self.prediction,
+            target=self.target,
+            explanations=self.explanations,
+            timings=timings,
+        )
 
 
 @dataclass
 class Item:
-    """One request of a batch. ``request`` is a validated ExplainRequest dump."""
+    """One request of a batch: the validated request, its decoded image and the class to explain
+    (``target_index``, as the gateway resolved it; None: the predicted class). :func:`run_batch`
+    fills ``result`` or ``error``."""
 
-    request: dict[str, Any]
+    request: ExplainRequest
     image: Image.Image
+    target_index: int | None = None
     progress: Progress = NO_PROGRESS
-    result: dict[str, Any] | None = None
+    result: Result | None = None
     error: ExplainError | None = None
     compute_ms: float = 0.0
-    explanations: list[dict] = field(default_factory=list)
 
 
-def resolve_target(model: LoadedModel, target: int | str, predicted: int) -> int:
-    if target == "predicted":
-        return predicted
-    if isinstance(target, int):
-        if not 0 <= target < model.num_classes:
-            raise TargetError(f"class index {target} out of range 0..{model.num_classes - 1}", field="target")
-        return target
-    if target in model.labels:
-        return model.labels.index(target)
-    if target.isdigit():
-        return resolve_target(model, int(target), predicted)
-    raise TargetError(f"unknown class label {target!r}; labels: {', '.join(model.labels)}", field="target")
+def _key(call: MethodCall) -> str:
+    return call_key(call.name, call.params)
 
 
-def default_reduce(method: str, params: dict) -> str:
-    """The method's catalog default; SmoothGrad reduces as its base method does (sum over IG)."""
-    if method == "smoothgrad" and params.get("base") in CATALOG:
-        method = params["base"]
-    return CATALOG[method].default_reduce
+@dataclass
+class _Batch:
+    """The state of one run_batch: inputs, predictions, targets, per-item bookkeeping, rendered maps."""
+
+    model: LoadedModel
+    items: list[Item]
+    x: torch.Tensor
+    calls: list[dict[str, MethodCall]]  # per item: call key -> call (a call asked twice runs once)
+    predict_ms: list[float]
+    probs: torch.Tensor
+    targets: torch.Tensor
+    done_calls: list[int]
+    outs: dict[tuple[int, str], Explanation] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, model: LoadedModel, items: list[Item]) -> _Batch:
+        n = len(items)
+        t0 = time.perf_counter()
+        x = model.preprocess([it.image for it in items])
+        calls = [{_key(c): c for c in it.request.methods} for it in items]
+        prep_ms = (time.perf_counter() - t0) * 1000 / max(n, 1)
+        probs = torch.zeros(n, model.num_classes)
+        targets = torch.zeros(n, dtype=torch.long)
+        return cls(model, items, x, calls, [prep_ms] * n, probs, targets, [0] * n)
+
+    def n_calls(self, i: int) -> int:
+        return len(self.items[i].request.methods)
+
+    def ok(self, i: int) -> bool:
+        return self.items[i].error is None
 
 
-def _call_key(call: dict) -> str:
-    return call_key(call["name"], call.get("params"))
+def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
+    """Fill ``item.result`` or ``item.error`` for every item (never raises for one bad item).
+
+    Items whose requests share the same set of fusable calls (``workers.explain.fused``)
+    go through one fused pass: one forward gives the predictions and every fusable map,
+    with one backward per distinct backward rule. The other calls run once per distinct
+    call (same name and params) over the sub-batch of samples that asked for it.
+    ``fuse=False`` runs every call through ``attribute()`` (the reference path)."""
+    b = _Batch.prepare(model, items)
+    plans, fused_keys = _plan(b, fuse)
+    for sig, idx in _fused_groups(fused_keys).items():
+        _run_fused(b, sig, [plans[k] for k in sig], idx)
+    rest = [i for i, sig in enumerate(fused_keys) if not sig]
+    if rest:
+        _predict(b, rest)
+    for key, (call, idx) in _attribute_groups(b, fused_keys).items():
+        _run_attribute(b, key, call, idx)
+    for i in range(len(items)):
+        if b.ok(i):
+            _assemble(b, i)
+
+
+# ---- steps ------------------------------------------------------------------------------
+
+
+def _plan(b: _Batch, fuse: bool) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
+    """The fused plan of every distinct call (None: not fusable) and each item's fused signature."""
+    plans: dict[str, FusedCall | None] = {}
+    signatures: list[tuple[str, ...]] = []
+    for calls in b.calls:
+        keys = []
+        if fuse:
+            for key, call in calls.items():
+                if key not in plans:
+                    plans[key] = plan_call(b.model, call.name, call.parsed)
+                if plans[key] is not None:
+                    keys.append(key)
+        signatures.append(tuple(sorted(keys)))
+    return plans, signatures
+
+
+def _fused_groups(signatures: list[tuple[str, ...]]) -> dict[tuple[str, ...], list[int]]:
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, sig in enumerate(signatures):
+        if sig:
+            groups.setdefault(sig, []).append(i)
+    return groups
+
+
+def _set_predictions(b: _Batch, idx: list[int], probs: torch.Tensor, t_start: float) -> None:
+    """Store the softmax of the items ``idx``, take their targets and charge them the forward."""
+    b.probs[idx] = probs
+    for j, i in enumerate(idx):
+        try:
+            t = b.items[i].target_index
+            b.targets[i] = int(probs[j].argmax()) if t is None else check_index(b.model, t)
+        except ExplainError as e:
+            b.items[i].error = e
+    fwd_ms = (time.perf_counter() - t_start) * 1000 / len(idx)
+    for i in idx:
+        b.predict_ms[i] += fwd_ms
+
+
+def _run_fused(b: _Batch, sig: tuple[str, ...], calls: list[FusedCall], idx: list[int]) -> None:
+    """One fused pass over the items ``idx``: predictions, then every fusable map of ``sig`` (``calls``:
+    the fused plan of each of its calls, whose ``key`` names the pass's attributions)."""
+    t1 = time.perf_counter()
+    fp = FusedPass(b.model, b.x[idx], calls)
+    logits = fp.forward()
+    _set_predictions(b, idx, torch.softmax(logits.float(), dim=1), t1)
+    live = [j for j, i in enumerate(idx) if b.ok(i)]
+    if not live:
+        return
+    mask = torch.zeros(len(idx), dtype=torch.bool)
+    mask[live] = True
+    first = idx[live[0]]
+    progress = b.items[first].progress.sub(0.0, len(sig) / b.n_calls(first)) if len(live) == 1 else NO_PROGRESS
+    t1 = time.perf_counter()
+    try:
+        atts = fp.explain(b.targets[idx], mask, progress=progress)
+    except ExplainError as e:
+        for i in idx:
+            b.items[i].error = b.items[i].error or e
+        return
+    del fp
+    ms = (time.perf_counter() - t1) * 1000 / (len(live) * len(sig))
+    for j in live:
+        i = idx[j]
+        for key, plan in zip(sig, calls, strict=True):
+            att, call = atts[plan.key], b.calls[i][key]
+            params = {**call.params, **att.used_params}
+            b.outs[(i, key)] = _render(b.items[i], call, att.maps[j : j + 1], params, {}, ms)
+        b.done_calls[i] += len(sig)
+        if len(live) > 1:
+            _report(b.items[i], b.done_calls[i] / b.n_calls(i))
+
+
+def _predict(b: _Batch, idx: list[int]) -> None:
+    """Predictions of the items no fused pass served."""
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        p = torch.softmax(b.model.module(b.x[idx]).float(), dim=1)
+    _set_predictions(b, idx, p.clone(), t1)
+
+
+def _attribute_groups(b: _Batch, fused_keys: list[tuple[str, ...]]) -> dict[str, tuple[MethodCall, list[int]]]:
+    """Each call no fused pass served, with the live items that asked for it."""
+    groups: dict[str, tuple[MethodCall, list[int]]] = {}
+    for i, calls in enumerate(b.calls):
+        if not b.ok(i):
+            continue
+        for key, call in calls.items():
+            if key not in fused_keys[i]:
+                groups.setdefault(key, (call, []))[1].append(i)
+    return groups
+
+
+def _run_attribute(b: _Batch, key: str, call: MethodCall, idx: list[int]) -> None:
+    """One attribute() of ``call`` over the items ``idx`` that are still live."""
+    idx = [i for i in idx if b.ok(i)]
+    if not idx:
+        return
+    first, k = idx[0], b.done_calls[idx[0]]
+    n = b.n_calls(first)
+    progress = b.items[first].progress.sub(k / n, (k + 1) / n) if len(idx) == 1 else NO_PROGRESS
+    t1 = time.perf_counter()
+    try:
+        att = attribute(b.model, b.x[idx], b.targets[idx], call.name, call.parsed, progress=progress)
+    except ExplainError as e:
+        for i in idx:
+            b.items[i].error = e
+        return
+    ms = (time.perf_counter() - t1) * 1000 / len(idx)
+    params = {**call.params, **att.used_params}
+    for j, i in enumerate(idx):
+        b.done_calls[i] += 1
+        if len(idx) > 1:
+            _report(b.items[i], b.done_calls[i] / b.n_calls(i))
+        meta = att.meta[j] if att.meta else {}
+        b.outs[(i, key)] = _render(b.items[i], call, att.maps[j : j + 1], params, meta, ms)
+
+
+def _assemble(b: _Batch, i: int) -> None:
+    """Item ``i``'s result: its prediction, target and maps in the order of its request."""
+    it, model = b.items[i], b.model
+    top = torch.topk(b.probs[i], min(it.request.top_k, model.num_classes))
+    pred, t = int(top.indices[0]), int(b.targets[i])
+    explanations = [b.outs[(i, _key(c))] for c in it.request.methods]
+    it.compute_ms = b.predict_ms[i] + sum(e.compute_ms for e in explanations)
+    top_k = [ClassScore(class_index=int(c), label=model.labels[int(c)], score=float(s)) for s, c in zip(*top)]
+    it.result = Result(
+        model=model.name,
+        prediction=Prediction(class_index=pred, label=model.labels[pred], score=float(top.values[0]), top_k=top_k),
+        target=TargetOut(class_index=t, label=model.labels[t]),
+        explanations=explanations,
+    )
 
 
 def _report(it: Item, fraction: float) -> None:
@@ -68,202 +272,41 @@ def _report(it: Item, fraction: float) -> None:
             it.error = e
 
 
-def _resolve_targets(
-    model: LoadedModel, items: list[Item], idx: list[int], probs: torch.Tensor, targets: torch.Tensor
-) -> None:
-    for j, i in enumerate(idx):
-        try:
-            targets[i] = resolve_target(model, items[i].request.get("target", "predicted"), int(probs[j].argmax()))
-        except ExplainError as e:
-            items[i].error = e
+# ---- post-processing --------------------------------------------------------------------
 
 
-def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
-    """Fill ``item.result`` or ``item.error`` for every item (never raises for one bad item).
-
-    Items whose requests share the same set of fusable calls (``workers.explain.fused``)
-    go through one fused pass: one forward gives the predictions and every fusable map,
-    with one backward per distinct backward rule. The other calls run once per distinct
-    call (same name and params) over the sub-batch of samples that asked for it.
-    ``fuse=False`` runs every call through ``attribute()`` (the reference path)."""
-    n = len(items)
-    t0 = time.perf_counter()
-    x = model.preprocess([it.image for it in items])
-    calls_of: list[dict[str, dict]] = [{_call_key(c): c for c in it.request["methods"]} for it in items]
-    n_calls = [len(it.request["methods"]) for it in items]
-    done_calls = [0] * n
-    prep_ms = (time.perf_counter() - t0) * 1000 / max(n, 1)
-    predict_ms = [prep_ms] * n
-    probs = torch.zeros(n, model.num_classes)
-    targets = torch.zeros(n, dtype=torch.long)
-    outs: dict[tuple[int, str], dict] = {}
-
-    # fused passes: items grouped by their set of fusable calls
-    plans: dict[str, FusedCall | None] = {}
-    fused_keys: list[tuple[str, ...]] = []
-    for i in range(n):
-        keys = []
-        if fuse:
-            for key, call in calls_of[i].items():
-                if key not in plans:
-                    plans[key] = plan_call(model, call["name"], call.get("params"))
-                if plans[key] is not None:
-                    keys.append(key)
-        fused_keys.append(tuple(sorted(keys)))
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, sig in enumerate(fused_keys):
-        if sig:
-            groups.setdefault(sig, []).append(i)
-    for sig, idx in groups.items():
-        t1 = time.perf_counter()
-        fp = FusedPass(model, x[idx], [plans[k] for k in sig])
-        logits = fp.forward()
-        p = torch.softmax(logits.float(), dim=1)
-        probs[idx] = p
-        _resolve_targets(model, items, idx, p, targets)
-        fwd_ms = (time.perf_counter() - t1) * 1000 / len(idx)
-        for i in idx:
-            predict_ms[i] += fwd_ms
-        live = [j for j, i in enumerate(idx) if items[i].error is None]
-        if not live:
-            continue
-        mask = torch.zeros(len(idx), dtype=torch.bool)
-        mask[live] = True
-        lead = items[idx[live[0]]]
-        progress = lead.progress.sub(0.0, len(sig) / n_calls[idx[live[0]]]) if len(live) == 1 else NO_PROGRESS
-        t1 = time.perf_counter()
-        try:
-            atts = fp.explain(targets[idx], mask, progress=progress)
-        except ExplainError as e:
-            for i in idx:
-                items[i].error = items[i].error or e
-            continue
-        del fp
-        ms = (time.perf_counter() - t1) * 1000 / (len(live) * len(sig))
-        for j in live:
-            i = idx[j]
-            for key in sig:
-                att, call = atts[key], calls_of[i][key]
-                outs[(i, key)] = _render_one(
-                    model,
-                    items[i],
-                    call,
-                    att.maps[j : j + 1],
-                    {**(call.get("params") or {}), **att.used_params},
-                    {},
-                    ms,
-                )
-            done_calls[i] += len(sig)
-            if len(live) > 1:
-                _report(items[i], done_calls[i] / n_calls[i])
-
-    # predictions of the items no fused pass served
-    rest = [i for i in range(n) if not fused_keys[i]]
-    if rest:
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            p = torch.softmax(model.module(x[rest]).float(), dim=1)
-        p = p.clone()
-        probs[rest] = p
-        _resolve_targets(model, items, rest, p, targets)
-        fwd_ms = (time.perf_counter() - t1) * 1000 / len(rest)
-        for i in rest:
-            predict_ms[i] += fwd_ms
-
-    # the other calls: one attribute() per distinct call over the samples that asked for it
-    agroups: dict[str, tuple[dict, list[int]]] = {}
-    for i in range(n):
-        if items[i].error is not None:
-            continue
-        for key, call in calls_of[i].items():
-            if key not in fused_keys[i]:
-                agroups.setdefault(key, (call, []))[1].append(i)
-    for key, (call, idx) in agroups.items():
-        idx = [i for i in idx if items[i].error is None]
-        if not idx:
-            continue
-        lead = items[idx[0]]
-        k = done_calls[idx[0]]
-        progress = lead.progress.sub(k / n_calls[idx[0]], (k + 1) / n_calls[idx[0]]) if len(idx) == 1 else NO_PROGRESS
-        t1 = time.perf_counter()
-        try:
-            att = attribute(model, x[idx], targets[idx], call["name"], call.get("params"), progress=progress)
-        except ExplainError as e:
-            for i in idx:
-                items[i].error = e
-            continue
-        ms = (time.perf_counter() - t1) * 1000 / len(idx)
-        for j, i in enumerate(idx):
-            done_calls[i] += 1
-            it = items[i]
-            if len(idx) > 1:
-                _report(it, done_calls[i] / n_calls[i])
-            outs[(i, key)] = _render_one(
-                model,
-                it,
-                call,
-                att.maps[j : j + 1],
-                {**(call.get("params") or {}), **att.used_params},
-                att.meta[j] if att.meta else {},
-                ms,
-            )
-    for i in range(n):
-        it = items[i]
-        if it.error is not None:
-            continue
-        p = probs[i]
-        top = torch.topk(p, min(it.request.get("top_k", 5), model.num_classes))
-        pred = int(top.indices[0])
-        t = int(targets[i])
-        explanations = [outs[(i, _call_key(c))] for c in it.request["methods"]]
-        it.compute_ms = predict_ms[i] + sum(e["compute_ms"] for e in explanations)
-        it.result = {
-            "model": model.name,
-            "prediction": {
-                "class_index": pred,
-                "label": model.labels[pred],
-                "score": float(top.values[0]),
-                "top_k": [
-                    {"class_index": int(c), "label": model.labels[int(c)], "score": float(s)}
-                    for s, c in zip(top.values, top.indices)
-                ],
-            },
-            "target": {"class_index": t, "label": model.labels[t]},
-            "explanations": explanations,
-        }
-
-
-def _render_one(
-    model: LoadedModel, it: Item, call: dict, raw: torch.Tensor, params: dict, meta: dict, compute_ms: float
-) -> dict:
+def _render(
+    it: Item, call: MethodCall, raw: torch.Tensor, params: dict[str, Any], meta: dict, compute_ms: float
+) -> Explanation:
+    """One map: reduced over channels, resized to the client's image, normalised, rendered."""
     req = it.request
-    how = req.get("reduce") or default_reduce(call["name"], params)
-    if how == "single":
-        how = "max_abs"
+    how = req.reduce or default_reduce(call.name, params)
     w, h = it.image.size
-    m = reduce_channels(raw.detach().float(), how)
-    m = resize(m, (h, w))[0]
+    m = resize(reduce_channels(raw.detach().float(), how), (h, w))[0]
     raw_range = [float(m.min()), float(m.max())]
-    norm = req.get("normalize", "minmax")
-    mn = normalize(m, norm)
-    out: dict[str, Any] = {
-        "method": call["name"],
-        "params": params,
-        "raw_range": raw_range,
-        "compute_ms": round(compute_ms, 3),
-        "metadata": meta,
-    }
-    outputs = req.get("outputs") or ["heatmap_png"]
-    disp = display_map(mn, norm).cpu().numpy() if any(o != "array" for o in outputs) else None
-    cmap = req.get("colormap", "jet")
-    for o in outputs:
+    mn = normalize(m, req.normalize)
+    return Explanation(
+        method=call.name,
+        params=params,
+        raw_range=raw_range,
+        compute_ms=round(compute_ms, 3),
+        metadata=meta,
+        **_outputs(mn, req, it.image),
+    )
+
+
+def _outputs(mn: torch.Tensor, req: ExplainRequest, image: Image.Image) -> dict[str, Any]:
+    """The client formats the request asked for, of the normalised map ``mn`` (1, H, W)."""
+    disp = display_map(mn, req.normalize).cpu().numpy() if any(o != "array" for o in req.outputs) else None
+    out: dict[str, Any] = {}
+    for o in req.outputs:
         if o == "heatmap_png":
-            out["heatmap_png"] = render.heatmap_png(disp, cmap)
+            out[o] = render.heatmap_png(disp, req.colormap)
         elif o == "mask_png":
-            out["mask_png"] = render.mask_png(disp)
+            out[o] = render.mask_png(disp)
         elif o == "overlay_png":
-            out["overlay_png"] = render.overlay_png(disp, it.image, cmap)
+            out[o] = render.overlay_png(disp, image, req.colormap)
         elif o == "array":
             a = mn.cpu().numpy()
-            out["array"] = render.array_out(a[0] if a.shape[0] == 1 else a)
+            out[o] = render.array_out(a[0] if a.shape[0] == 1 else a)
     return out

@@ -9,6 +9,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from schemas.api import ArrayOut
+
 # 'jet' as MATLAB and matplotlib define it: piecewise-linear R, G, B through these knots
 _JET_KNOTS = (
     ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
@@ -78,5 +80,7 @@ def array_out(a: np.ndarray) -> dict:
     return {"shape": list(a.shape), "dtype": "float32", "data": base64.b64encode(a.tobytes()).decode()}
 
 
-def decode_array(d: dict) -> np.ndarray:
+def decode_array(a: ArrayOut | dict) -> np.ndarray:
+    """The float32 array of an ``array`` output (the response model or its JSON)."""
+    d = a.model_dump() if isinstance(a, ArrayOut) else a
     return np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"])
