@@ -110,7 +110,7 @@ def test_poison_job_goes_to_dead_letter(stack, client):
     req = ExplainRequest.model_validate(
         {"model": "shapes-cnn", "image": png_b64(random_image(64, 64)), "methods": ["fem"]}
     )
-    job = q.JobMessage(id=q.new_job_id(), model="shapes-cnn", request=req.model_dump(), image_size=(64, 64))
+    job = q.ExplainJob(id=q.new_job_id(), model="shapes-cnn", request=req)
     r.hset(
         q.job_key(job.id),
         mapping={"status": "queued", "progress": "0", "model": "shapes-cnn", "created": str(job.enqueued_at)},
@@ -118,7 +118,7 @@ def test_poison_job_goes_to_dead_letter(stack, client):
     stream = q.stream_key("shapes-cnn")
     dead_before = r.xlen(q.DEAD_LETTER_STREAM)
     p = r.pipeline(transaction=True)  # nobody else can take it between the add and the read
-    p.xadd(stream, job.encode())
+    p.xadd(stream, q.encode_job(job))
     p.xreadgroup(q.GROUP, "ghost-1", {stream: ">"}, count=1)
     mid, _ = p.execute()
     r.xclaim(stream, q.GROUP, "ghost-2", 0, [mid])

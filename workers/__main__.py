@@ -1,3 +1,3 @@
-from workers.serving.worker import main
+from workers.serving.main import main
 
 main()

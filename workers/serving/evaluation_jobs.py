@@ -1,5 +1,6 @@
-"""The evaluate and compare jobs of the worker (POST /v1/evaluate, POST /v1/compare):
-decode the request's images and ground truth, call workers.evaluation, shape the answer."""
+"""The evaluate and compare jobs of the worker (POST /v1/evaluate, POST /v1/compare): decode the
+request's images and ground truth, call workers.evaluation with the target the gateway resolved
+(``job.target_index``; None: the predicted class), shape the answer."""
 
 from __future__ import annotations
 
@@ -9,80 +10,79 @@ import time
 import numpy as np
 
 from common.images import decode_image
+from schemas.api import CompareResponse, EvaluateResponse, EvaluateTimings, MapIn
 from schemas.problems import ValidationProblem
+from schemas.queue import CompareJob, EvaluateJob
+from workers.evaluation import compare, compare_methods, evaluate, ground_truth_mask
 from workers.explain.base import Progress
 from workers.models.loading import LoadedModel
 
 
-def run_evaluate(model: LoadedModel, req: dict, max_pixels: int, progress: Progress) -> dict:
-    from workers.evaluation import evaluate, ground_truth_mask
+def _timings(t0: float) -> EvaluateTimings:
+    return EvaluateTimings(compute_ms=round((time.perf_counter() - t0) * 1000, 3))
 
+
+def run_evaluate(model: LoadedModel, job: EvaluateJob, max_pixels: int, progress: Progress) -> EvaluateResponse:
     t0 = time.perf_counter()
-    images = [decode_image(b, max_pixels) for b in req["images"]]
+    req = job.request
+    images = [decode_image(b, max_pixels) for b in req.images]
     x = model.preprocess(images)
-    gt = req.get("ground_truth")
     masks = None
-    if gt is not None:
-        gts = [
-            {k: v for k, v in g.items() if v is not None}  # exactly one of box / polygon / mask_png
-            for g in (gt if isinstance(gt, list) else [gt] * len(images))
-        ]
+    if req.ground_truth is not None:
+        gts = req.ground_truth if isinstance(req.ground_truth, list) else [req.ground_truth] * len(images)
         try:
             masks = np.stack([ground_truth_mask(g, img.size, model.input_size) for g, img in zip(gts, images)])
         except ValueError as e:
-            raise ValidationProblem(str(e), field="ground_truth")
-    target = req.get("target", "predicted")
-    if isinstance(target, str) and target != "predicted":
-        target = int(target) if target.isdigit() else model.labels.index(target)
+            raise ValidationProblem(str(e), field="ground_truth") from e
     results = evaluate(
         model,
         x,
-        target=target,
-        methods=req["methods"],
-        metrics=req["metrics"],
+        target=job.target_index,
+        methods=req.methods,
+        metrics=req.metrics,
         gt_mask=masks,
         progress=progress,
-        per_sample=req.get("per_sample", False),
+        per_sample=req.per_sample,
     )
-    ms = (time.perf_counter() - t0) * 1000
-    return {"model": model.name, "images": len(images), "results": results, "timings": {"compute_ms": round(ms, 3)}}
+    return EvaluateResponse(id=job.id, model=model.name, images=len(images), results=results, timings=_timings(t0))
 
 
-def _map(m: dict, max_pixels: int) -> np.ndarray:
-    if m.get("array") is not None:
-        a = m["array"]
-        data = base64.b64decode(a["data"])
-        shape = a["shape"]
+def _map(m: MapIn, max_pixels: int) -> np.ndarray:
+    if m.array is not None:
+        data = base64.b64decode(m.array.data)
+        shape = m.array.shape
         if len(data) != 4 * shape[0] * shape[1]:
             raise ValidationProblem(f"array data has {len(data)} bytes for shape {shape}", field="map")
         return np.frombuffer(data, dtype="<f4").reshape(shape).astype(np.float64)
-    img = decode_image(m["mask_png"], max_pixels)
+    assert m.mask_png is not None  # MapIn holds exactly one of the two
+    img = decode_image(m.mask_png, max_pixels)
     return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
 
 
-def run_compare(model: LoadedModel, req: dict, max_pixels: int, progress: Progress) -> dict:
-    from workers.evaluation import compare, compare_methods
-
+def run_compare(model: LoadedModel, job: CompareJob, max_pixels: int, progress: Progress) -> CompareResponse:
     t0 = time.perf_counter()
-    metrics = req.get("metrics")
-    if req.get("map_a") is not None:
-        a, b = _map(req["map_a"], max_pixels), _map(req["map_b"], max_pixels)
+    req = job.request
+    if req.map_a is not None and req.map_b is not None:
+        a, b = _map(req.map_a, max_pixels), _map(req.map_b, max_pixels)
         if a.shape != b.shape:
             raise ValidationProblem(f"maps of different shapes {a.shape} and {b.shape}", field="map_b")
-        values = compare(a, b, metrics)
-        out = {"metrics": values}
-    else:
-        img = decode_image(req["image"], max_pixels)
-        x = model.preprocess([img])
-        target = req.get("target", "predicted")
-        if isinstance(target, str) and target != "predicted":
-            target = int(target) if target.isdigit() else model.labels.index(target)
-        a, b = req["methods"]
-        values = compare_methods(model, x, a, b, target=target, metrics=metrics)
-        out = {"model": model.name, "methods": [a["name"], b["name"]], "metrics": values}
+        values = compare(a, b, req.metrics)
+        progress(1.0)
+        return CompareResponse(id=job.id, metrics=values, timings=_timings(t0))
+    assert req.image is not None and req.methods is not None  # CompareRequest: maps, or image and two methods
+    x = model.preprocess([decode_image(req.image, max_pixels)])
+    ma, mb = req.methods
+    values = compare_methods(model, x, ma, mb, target=job.target_index, metrics=req.metrics)
     progress(1.0)
-    out["timings"] = {"compute_ms": round((time.perf_counter() - t0) * 1000, 3)}
-    return out
+    return CompareResponse(
+        id=job.id, model=model.name, methods=[ma.name, mb.name], metrics=values, timings=_timings(t0)
+    )
 
 
-RUNNERS = {"evaluate": run_evaluate, "compare": run_compare}
+def run_job(
+    model: LoadedModel, job: EvaluateJob | CompareJob, max_pixels: int, progress: Progress
+) -> EvaluateResponse | CompareResponse:
+    """An evaluate or compare job, by its kind."""
+    if isinstance(job, EvaluateJob):
+        return run_evaluate(model, job, max_pixels, progress)
+    return run_compare(model, job, max_pixels, progress)
