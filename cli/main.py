@@ -1,8 +1,12 @@
-"""The `whitebox` command: serve (all in one), gateway, worker, explain, models, report."""
+"""The `whitebox` command: serve (all in one), gateway, worker, explain, models, report.
+
+The commands that run the worker side import it inside the command: `whitebox gateway` runs the
+gateway in this process, which must not load torch or the worker package (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -11,41 +15,58 @@ import sys
 import time
 from pathlib import Path
 
+from cli.embedded_redis import EmbeddedRedis
+from common.images import decode_image
+from schemas.api import ExplainRequest
+from schemas.problems import Problem
+from schemas.registry import load_registry
 from schemas.settings import Settings
+from service.server import run as run_gateway
 
 
 def cmd_gateway(args) -> int:
-    from service.server import run
-
-    run(host=args.host, port=args.port)
+    run_gateway(host=args.host, port=args.port)
     return 0
 
 
 def cmd_worker(args) -> int:
-    from workers.serving.worker import main
+    from workers.serving.main import main  # torch stays out of the gateway commands
 
     main()
     return 0
 
 
+def _child_env(redis_url: str | None, host: str, port: int) -> dict[str, str]:
+    """The environment of the children: a copy of ours, plus the embedded Redis and the bind address."""
+    env = dict(os.environ)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env["WHITEBOX_HOST"], env["WHITEBOX_PORT"] = host, str(port)
+    return env
+
+
 def cmd_serve(args) -> int:
     """Embedded Redis (unless REDIS_URL is set), one worker, the gateway; Ctrl-C/SIGTERM stops all three."""
-    from cli.embedded_redis import EmbeddedRedis
-
     s = Settings.from_env()
-    env = dict(os.environ)
     redis = None
     if not s.redis_url:
-        redis = EmbeddedRedis(Path(os.environ.get("WHITEBOX_DATA_DIR", ".whitebox-data")) / "redis").start()
-        env["REDIS_URL"] = redis.url
+        redis = EmbeddedRedis(Path(s.data_dir) / "redis").start()
         print(f"whitebox: embedded Redis at {redis.url}", flush=True)
     host, port = args.host or s.host, args.port or s.port
-    env["WHITEBOX_HOST"], env["WHITEBOX_PORT"] = host, str(port)
-    procs: list[subprocess.Popen] = []
-    for _ in range(args.workers):
-        procs.append(subprocess.Popen([sys.executable, "-m", "workers"], env=env))
+    env = _child_env(redis.url if redis else None, host, port)
+    procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(args.workers)]
     procs.append(subprocess.Popen([sys.executable, "-m", "service"], env=env))
     print(f"whitebox: gateway on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    try:
+        return _supervise(procs)
+    finally:
+        _stop_all(procs)
+        if redis:
+            redis.stop()
+
+
+def _supervise(procs: list[subprocess.Popen]) -> int:
+    """Wait for a signal or for one of ``procs`` to exit; the exit code of the command."""
     stopping = False
 
     def stop(*_):
@@ -55,32 +76,29 @@ def cmd_serve(args) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     code = 0
-    try:
-        while not stopping:
-            for p in procs:
-                if p.poll() is not None:
-                    print(f"whitebox: process {p.args} exited with {p.returncode}; stopping", file=sys.stderr)
-                    code = p.returncode or 1
-                    stopping = True
-            time.sleep(0.2)
-    finally:
+    while not stopping:
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if redis:
-            redis.stop()
+            if p.poll() is not None:
+                print(f"whitebox: process {p.args} exited with {p.returncode}; stopping", file=sys.stderr)
+                code = p.returncode or 1
+                stopping = True
+        time.sleep(0.2)
     return code
 
 
-def cmd_models(args) -> int:
-    from schemas.registry import load_registry
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
-    reg = load_registry(os.environ.get("WHITEBOX_MODELS"))
+
+def cmd_models(args) -> int:
+    reg = load_registry(Settings.from_env().models_path)
     for m in reg.models:
         print(f"{m.name}\t{m.architecture}\t{m.num_classes} classes\tinput {m.input.size}")
     return 0
@@ -88,13 +106,10 @@ def cmd_models(args) -> int:
 
 def cmd_explain(args) -> int:
     """One image from the shell, no server: writes one PNG per method (and prints the prediction)."""
-    import base64
-
-    from common.images import decode_image
-    from schemas.api import ExplainRequest
-    from schemas.registry import load_registry
+    # the worker side, in this process only for this command (torch stays out of the gateway commands)
     from workers.models.loading import load_model
     from workers.serving.pipeline import Item, run_batch
+    from workers.serving.targets import resolve_target
 
     s = Settings.from_env()
     reg = load_registry(s.models_path)
@@ -103,35 +118,45 @@ def cmd_explain(args) -> int:
         print(f"unknown model {args.model!r}", file=sys.stderr)
         return 2
     data = Path(args.image).read_bytes()
-    methods = [json.loads(m) if m.startswith("{") else m for m in args.methods]
-    req = ExplainRequest.model_validate(
+    req = _explain_request(args, data)
+    model = load_model(entry, reg)
+    try:
+        item = Item(req, decode_image(data, s.max_image_pixels), target_index=resolve_target(model, req.target))
+    except Problem as e:
+        return _problem(e)
+    run_batch(model, [item])
+    if item.result is None:
+        return _problem(item.error or Problem("no result"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = item.result.prediction
+    print(f"prediction: {p.label} ({p.score:.3f}); target: {item.result.target.label}")
+    for e in item.result.explanations:
+        f = out / f"{Path(args.image).stem}.{e.method}.png"
+        f.write_bytes(base64.b64decode(getattr(e, args.output)))
+        print(f"{e.method}: {f} ({e.compute_ms:.1f} ms)")
+    return 0
+
+
+def _explain_request(args, data: bytes) -> ExplainRequest:
+    return ExplainRequest.model_validate(
         {
             "model": args.model,
             "image": base64.b64encode(data).decode(),
-            "methods": methods,
+            "methods": [json.loads(m) if m.startswith("{") else m for m in args.methods],
             "target": int(args.target) if args.target.isdigit() else args.target,
             "outputs": [args.output],
         }
     )
-    model = load_model(entry, reg)
-    item = Item(request=req.model_dump(), image=decode_image(data, s.max_image_pixels))
-    run_batch(model, [item])
-    if item.error is not None:
-        print(json.dumps(item.error.problem(), indent=2), file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    p = item.result["prediction"]
-    print(f"prediction: {p['label']} ({p['score']:.3f}); target: {item.result['target']['label']}")
-    for e in item.result["explanations"]:
-        f = out / f"{Path(args.image).stem}.{e['method']}.png"
-        f.write_bytes(base64.b64decode(e[args.output]))
-        print(f"{e['method']}: {f} ({e['compute_ms']:.1f} ms)")
-    return 0
+
+
+def _problem(p: Problem) -> int:
+    print(json.dumps(p.problem(), indent=2), file=sys.stderr)
+    return 1
 
 
 def cmd_report(args, rest) -> int:
-    from workers.evaluation.report import main as report_main
+    from workers.evaluation.report import main as report_main  # torch stays out of the gateway commands
 
     return report_main(rest) or 0
 
