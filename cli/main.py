@@ -1,7 +1,7 @@
 """The `whitebox` command: serve (all in one), gateway, worker, explain, models, report.
 
 The commands that run the worker side import it inside the command: `whitebox gateway` runs the
-gateway in this process, which must not load torch or the worker package (docs/architecture.md)."""
+gateway in this process, which must not load torch or the worker package (docs/architecture.md, "The layout")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The worker process (docs/architecture.md, "the path of a request"):
+"""The worker process (docs/architecture.md, "The path of one request"):
 
 - ``worker``: the queue loop (read a batch, take over the jobs of dead workers, run);
 - ``heartbeat``: the thread that keeps this worker's liveness, its model cards and its jobs fresh;

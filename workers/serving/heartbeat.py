@@ -1,7 +1,7 @@
-"""The worker's heartbeat (docs/architecture.md, "the queue"): a thread that keeps the worker's
-liveness key fresh, re-publishes its model cards before they expire, and re-claims the jobs the
-worker holds (XCLAIM to itself resets their idle time), so only the jobs of a dead worker grow
-idle enough for another worker's XAUTOCLAIM."""
+"""The worker's heartbeat (docs/architecture.md, "The path of one request", step 3): a thread that
+keeps the worker's liveness key fresh, re-publishes its model cards before they expire, and re-claims
+the jobs the worker holds (XCLAIM to itself resets their idle time), so only the jobs of a dead worker
+grow idle enough for another worker's XAUTOCLAIM."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""How a job ends, whatever the end: its ``JobResult`` stored, the ``whitebox_jobs_total``
-counter bumped, its id published, and only then its stream entry acknowledged and deleted
-(docs/architecture.md, "the queue"). :meth:`Outcomes.finish` is the one place that does it."""
+"""How a job ends, whatever the end (docs/architecture.md, "The path of one request", step 5): its
+``JobResult`` stored, the ``whitebox_jobs_total`` counter bumped, its id published, and only then
+its stream entry acknowledged and deleted. :meth:`Outcomes.finish` is the one place that does it."""
 
 from __future__ import annotations
 

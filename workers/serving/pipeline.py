@@ -2,7 +2,7 @@
 target, run each distinct method call once over the samples that asked for it, post-process and
 render. The worker (``workers.serving.execute``) and the CLI both call :func:`run_batch`; the
 requests are validated ``ExplainRequest`` models and every default is read from them
-(docs/architecture.md, "the path of a request")."""
+(docs/architecture.md, "The path of one request")."""
 
 from __future__ import annotations
 

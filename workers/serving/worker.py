@@ -1,4 +1,5 @@
-"""The worker's queue loop (docs/architecture.md, "the queue"): a thin loop around the explainer library.
+"""The worker's queue loop, a thin loop around the explainer library (docs/architecture.md,
+"The path of one request", step 3).
 
 Reads up to ``max_batch_size`` jobs in one XREADGROUP (waiting at most ``max_queue_delay`` to fill
 the batch), runs them (``workers.serving.execute``), and each job ends through
