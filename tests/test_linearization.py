@@ -25,9 +25,9 @@ from tests.test_lin_refs import MODELS, batch, get_model, max_rel_diff, record, 
 from workers.errors import MethodError
 from workers.explain import applicability, attribute
 from workers.explain.base import Context
+from workers.explain.cam import cam_at
 from workers.explain.gradients import gradcam_at
-from workers.explain.linearization import cam_at
-from workers.explain.relu_rules import rectifier_mode
+from workers.explain.rules.relu import rectifier_mode
 from workers.serving.pipeline import Item, run_batch
 
 TOL = 1e-4  # of the reference's range (issue 3)

@@ -72,12 +72,39 @@ class Attribution:
 
 
 Explainer = Callable[[Context], Attribution]
+LayerOf = Callable[[LoadedModel, Params], str]
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How a method runs inside the fused pass (:mod:`workers.explain.fused`: one forward for
+    several methods, one backward per distinct backward rule over the kept graph).
+
+    ``input_grads``: the backward rules whose gradient w.r.t. the input the map needs, "plain"
+    (autograd's own), "guided" or "deconv" (:mod:`workers.explain.rules.relu`). ``layer``
+    resolves the method's layer from (model, params) (None: no layer; its output is captured).
+    ``layer_grad``: the map needs the plain gradient w.r.t. that layer's output (Grad-CAM).
+    ``compute(fused_pass, call)`` returns the map (N, C', H, W) from what the pass kept:
+    ``input_grad(rule)``, ``gradcam(layer)``, ``activation(layer)``, ``targets``, ``size``."""
+
+    compute: Callable[[Any, Any], torch.Tensor]
+    input_grads: tuple[str, ...] = ()
+    layer: LayerOf | None = None
+    layer_grad: bool = False
+
+
 IMPLEMENTATIONS: dict[str, Explainer] = {}
 # model -> reason it cannot run; None when applicable. Methods that need a check register one.
 APPLICABILITY: dict[str, Callable[[LoadedModel], str | None]] = {}
+# the methods the fused pass can serve, and how
+FUSIONS: dict[str, Fusion] = {}
 
 
-def register(name: str, applicable: Callable[[LoadedModel], str | None] | None = None):
+def register(
+    name: str, applicable: Callable[[LoadedModel], str | None] | None = None, fuse: Fusion | None = None
+) -> Callable[[Explainer], Explainer]:
+    """Register ``fn(ctx) -> Attribution`` as method ``name`` (declared first in
+    ``schemas.methods``), with its applicability check and how it fuses, if it does."""
     if name not in CATALOG:
         raise KeyError(f"{name!r} is not in schemas.methods.CATALOG; declare it there first")
 
@@ -87,9 +114,16 @@ def register(name: str, applicable: Callable[[LoadedModel], str | None] | None =
         IMPLEMENTATIONS[name] = fn
         if applicable is not None:
             APPLICABILITY[name] = applicable
+        if fuse is not None:
+            FUSIONS[name] = fuse
         return fn
 
     return deco
+
+
+def named_layer(method: str) -> LayerOf:
+    """The layer of a method whose ``layer`` param names a module (default: the model's)."""
+    return lambda model, params: model.resolve_layer(params.layer, method)
 
 
 def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from workers.errors import MethodError
 from workers.explain.engine import FUNCTION_KINDS, RuleMode, call_arg, register_kind
 from workers.models.hooks import forward_hooks
+from workers.models.loading import LoadedModel
 
 T = torch.Tensor
 
@@ -301,9 +302,24 @@ def analysis_of(net: nn.Module, input_shape: tuple[int, ...]) -> Analysis:
     return res
 
 
-def model_analysis(model) -> Analysis:
+def model_analysis(model: LoadedModel) -> Analysis:
     """Analysis of a ``LoadedModel`` at its registry input size."""
     return analysis_of(model.module, (model.channels, *model.input_size))
 
 
-__all__ = ["Analysis", "CheckedRuleMode", "COVERED", "ROUTING", "analysis_of", "model_analysis"]
+def family_check(family: str) -> Callable[[LoadedModel], str | None]:
+    """The applicability check of a structure-family method: the first operation no rule of
+    ``family`` covers, or None."""
+
+    def applicable(model: LoadedModel) -> str | None:
+        try:
+            return model_analysis(model).unsupported[family]
+        except MethodError as e:
+            return e.detail
+        except Exception as e:  # a model the dummy pass cannot run: refuse rather than guess
+            return f"the model could not be analysed ({type(e).__name__}: {e})"
+
+    return applicable
+
+
+__all__ = ["Analysis", "CheckedRuleMode", "COVERED", "ROUTING", "analysis_of", "family_check", "model_analysis"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.explain.base import Attribution, Context, register
+from workers.explain.base import Attribution, Context, Fusion, named_layer, register
 from workers.explain.gradients import layer_output
 from workers.explain.postprocess import resize
 
@@ -25,7 +25,12 @@ def fem_map(acts: torch.Tensor, k: float) -> torch.Tensor:
     return torch.where(span > 0, (r - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(r))
 
 
-@register("fem")
+def _fused(fp, call) -> torch.Tensor:
+    with torch.inference_mode():
+        return resize(fem_map(fp.activation(call.layer), call.params.k), fp.size).clone()
+
+
+@register("fem", fuse=Fusion(_fused, layer=named_layer("fem")))
 def fem(ctx: Context) -> Attribution:
     """No gradient and no classifier head: the forward pass stops at the layer (at its last
     call when a module is called more than once, the activation Grad-CAM uses)."""

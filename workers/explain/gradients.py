@@ -7,12 +7,12 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from workers.explain.base import Attribution, Context, input_gradient, register, target_scores
+from workers.explain.base import Attribution, Context, Fusion, input_gradient, named_layer, register, target_scores
 from workers.explain.postprocess import resize
 from workers.models.hooks import LayerCapture
 
 
-@register("saliency")
+@register("saliency", fuse=Fusion(lambda fp, call: fp.input_grad("plain"), input_grads=("plain",)))
 def saliency(ctx: Context) -> Attribution:
     """Eq. 5-6: the gradient dS_c/dx; the map is max over channels of its absolute value (reduce max_abs)."""
     grad, _ = input_gradient(ctx.net, ctx.x, ctx.targets)
@@ -35,7 +35,12 @@ def gradcam_at(ctx: Context, layer: str) -> torch.Tensor:
     return gradcam_from(acts, grads)
 
 
-@register("gradcam")
+@register(
+    "gradcam",
+    fuse=Fusion(
+        lambda fp, call: resize(fp.gradcam(call.layer), fp.size), layer=named_layer("gradcam"), layer_grad=True
+    ),
+)
 def gradcam(ctx: Context) -> Attribution:
     layer = ctx.model.resolve_layer(ctx.params.layer, "gradcam")
     cam = gradcam_at(ctx, layer)

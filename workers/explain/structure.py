@@ -1,9 +1,9 @@
-"""The structure family (§5): LRP (§5.1), deep Taylor decomposition (§5.1.1) and
-DeepLIFT (§5.2); FEM (§5.3) lives in ``workers.explain.fem``.
+"""The structure family (§5): LRP (§5.1) and deep Taylor decomposition (§5.1.1); DeepLIFT
+(§5.2) lives in ``workers.explain.deeplift``, FEM (§5.3) in ``workers.explain.fem``.
 
 LRP is a modified backward pass through the one engine
 (``workers.explain.engine.RuleMode``): every call of conv2d / linear is computed
-by a :class:`~workers.explain.lrp_rules.RelevanceFunction` whose backward is the
+by a :class:`~workers.explain.rules.lrp.RelevanceFunction` whose backward is the
 layer's relevance rule, residual additions and average pools by the proportional
 ("Norm") rule, ReLU and max-pooling keep their gradient (relevance passes through
 a ReLU unchanged; max-pooling is winner-take-all). The relevance at the output is
@@ -32,10 +32,10 @@ import torch
 
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.canonize import COVERED, Analysis, CheckedRuleMode, model_analysis
-from workers.explain.deeplift import CONV_ARGS, LINEAR_ARGS, bind_batch_norm, bind_linear, deeplift, reference_input
+from workers.explain.canonize import COVERED, Analysis, CheckedRuleMode, family_check, model_analysis
 from workers.explain.engine import Rule, call_arg, finish_inplace
-from workers.explain.lrp_rules import (
+from workers.explain.rules.linear import CONV_ARGS, LINEAR_ARGS, bind_batch_norm, bind_linear
+from workers.explain.rules.lrp import (
     STABILIZER,
     AlphaBeta,
     Epsilon,
@@ -217,19 +217,7 @@ def _lrp_meta(rel: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) ->
     return [{"logit": float(s[i]), "relevance_sum": float(tot[i])} for i in range(rel.shape[0])]
 
 
-def _check(family: str) -> Callable[[LoadedModel], str | None]:
-    def applicable(model: LoadedModel) -> str | None:
-        try:
-            return model_analysis(model).unsupported[family]
-        except MethodError as e:
-            return e.detail
-        except Exception as e:  # a model the dummy pass cannot run: refuse rather than guess
-            return f"the model could not be analysed ({type(e).__name__}: {e})"
-
-    return applicable
-
-
-@register("lrp", applicable=_check("lrp"))
+@register("lrp", applicable=family_check("lrp"))
 def lrp(ctx: Context) -> Attribution:
     p = ctx.params
     low, high = ctx.model.input_bounds()
@@ -244,7 +232,7 @@ def lrp(ctx: Context) -> Attribution:
     return Attribution(rel, used_params=params, meta=_lrp_meta(rel, logits, ctx.targets))
 
 
-@register("deep_taylor", applicable=_check("lrp"))
+@register("deep_taylor", applicable=family_check("lrp"))
 def deep_taylor(ctx: Context) -> Attribution:
     p = ctx.params
     low, high = ctx.model.input_bounds()
@@ -257,17 +245,4 @@ def deep_taylor(ctx: Context) -> Attribution:
         rel,
         used_params={"input_rule": p.input_rule, "layer_rules": dict(Counter(used))},
         meta=_lrp_meta(rel, logits, ctx.targets),
-    )
-
-
-@register("deeplift", applicable=_check("deeplift"))
-def deeplift_method(ctx: Context) -> Attribution:
-    p = ctx.params
-    ctx.progress(0.0)
-    x0, used = reference_input(ctx.model, ctx.x, p.baseline, p.seed, p.blur_sigma)
-    dtype = torch.float64 if p.precision == "float64" and ctx.x.device.type != "mps" else torch.float32
-    attr, meta = deeplift(ctx.net, ctx.x, x0, ctx.targets, p.rule, dtype)
-    ctx.progress(1.0)
-    return Attribution(
-        attr, used_params={"rule": p.rule, **used, "precision": str(dtype).replace("torch.", "")}, meta=meta
     )

@@ -21,34 +21,19 @@ fixed 1e-6 (as Zennit does); LRP-0 divides only where z != 0 (0/0 -> 0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-STABILIZER = 1e-6
+from workers.explain.rules.linear import LayerFn, vjp
 
-# f(a, w, b) -> z : the layer's own function with its stride/padding/... bound
-LayerFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+STABILIZER = 1e-6
 
 
 def stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
     if eps == 0.0:
         return torch.where(z == 0, torch.ones_like(z), z)
     return z + eps * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
-
-
-def vjp(f: LayerFn, like: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """J(w)^T s for the linear map a -> f(a, w, None), at an input shaped like ``like``
-    (``f.transpose`` when the layer provides one: a transposed convolution / matmul)."""
-    transpose = getattr(f, "transpose", None)
-    if transpose is not None:
-        return transpose(like, w, s)
-    with torch.enable_grad():
-        a = torch.zeros_like(like).requires_grad_(True)
-        z = f(a, w, None)
-        (g,) = torch.autograd.grad(z, a, s)
-    return g
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:

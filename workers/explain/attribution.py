@@ -1,0 +1,53 @@
+"""The one verb of the library, ``attribute()``, and ``applicability()``: the registered
+methods (``workers.explain.base.register``) looked up by their public name; re-exported by
+:mod:`workers.explain`, which imports every method module (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from schemas.methods import CATALOG, Params
+from workers.errors import MethodError
+from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Context, Progress
+from workers.explain.smooth import apply_modifier
+from workers.models.loading import LoadedModel
+
+
+def applicability(model: LoadedModel) -> dict[str, str | None]:
+    """Per implemented method: None if it runs on this model, else the reason it cannot."""
+    out = {}
+    for name in IMPLEMENTATIONS:
+        check = APPLICABILITY.get(name)
+        out[name] = check(model) if check else None
+    return out
+
+
+def attribute(
+    model: LoadedModel,
+    x: torch.Tensor,
+    targets: torch.Tensor | int,
+    method: str,
+    params: dict[str, Any] | Params | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> Attribution:
+    spec = CATALOG.get(method)
+    if spec is None or method not in IMPLEMENTATIONS:
+        raise MethodError(f"unknown method {method!r}")
+    if not isinstance(params, Params):
+        params = spec.params.model_validate(params or {})
+    check = APPLICABILITY.get(method)
+    reason = check(model) if check else None
+    if reason:
+        raise MethodError(f"{method} cannot be applied to model {model.name!r}: {reason}")
+    if isinstance(targets, int):
+        targets = torch.full((x.shape[0],), targets, dtype=torch.long, device=x.device)
+    ctx = Context(model=model, x=x.to(model.device), targets=targets.to(model.device), params=params, progress=progress)
+    if spec.gradient_based and getattr(params, "smoothgrad", None) is not None:
+        att = apply_modifier(ctx, method)  # SmoothGrad (§4.5) over any gradient method
+    else:
+        att = IMPLEMENTATIONS[method](ctx)
+    if att.maps.dim() != 4 or att.maps.shape[0] != x.shape[0] or tuple(att.maps.shape[-2:]) != tuple(x.shape[-2:]):
+        raise RuntimeError(f"{method} returned maps of shape {tuple(att.maps.shape)} for input {tuple(x.shape)}")
+    return att
