@@ -1,4 +1,5 @@
-"""HTTP request and response bodies of the v1 API (DESIGN.md §3)."""
+"""HTTP request and response bodies of the API: every route of ``service/routes`` declares its
+models from here, and ``docs/openapi.json`` is generated from them (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ Output = Literal["heatmap_png", "overlay_png", "array", "mask_png"]
 Normalize = Literal["minmax", "abs_max", "none"]
 ReduceChoice = Literal["max_abs", "sum", "abs_sum", "mean", "none"]
 Colormap = Literal["jet", "gray", "hot", "viridis"]
+
+
+def names_to_calls(v: Any) -> Any:
+    """A method list may name methods by their bare names: ``"fem"`` is ``{"name": "fem"}``."""
+    if isinstance(v, list):
+        return [{"name": m} if isinstance(m, str) else m for m in v]
+    return v
+
+
+def _default_outputs() -> list[Output]:
+    return ["heatmap_png"]
 
 
 class MethodCall(BaseModel):
@@ -48,7 +60,7 @@ class ExplainRequest(BaseModel):
     image: str = Field(..., min_length=1, description="base64 PNG or JPEG")
     target: int | str = Field("predicted", description="class index, class label, or 'predicted'")
     methods: list[MethodCall] = Field(..., min_length=1, max_length=8)
-    outputs: list[Output] = Field(default_factory=lambda: ["heatmap_png"], min_length=1)
+    outputs: list[Output] = Field(default_factory=_default_outputs, min_length=1)
     colormap: Colormap = "jet"
     normalize: Normalize = "minmax"
     reduce: ReduceChoice | None = Field(None, description="C x H x W -> H x W; default per method")
@@ -57,9 +69,7 @@ class ExplainRequest(BaseModel):
     @field_validator("methods", mode="before")
     @classmethod
     def _names_to_calls(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"name": m} if isinstance(m, str) else m for m in v]
-        return v
+        return names_to_calls(v)
 
     @field_validator("target")
     @classmethod
@@ -129,17 +139,6 @@ class JobAccepted(BaseModel):
     status: JobStatus = JobStatus.queued
 
 
-class JobState(BaseModel):
-    """GET /v1/jobs/{id}: status and progress; the result (or the problem) once finished."""
-
-    id: str
-    status: JobStatus
-    progress: float = Field(0.0, ge=0.0, le=1.0)
-    model: str | None = None
-    result: ExplainResponse | None = None
-    error: ProblemDetails | None = None
-
-
 # ---- evaluation (§7) -------------------------------------------------------------------
 
 
@@ -160,13 +159,16 @@ class EvaluateRequest(BaseModel):
     )
     per_sample: bool = False
 
-    _names = field_validator("methods", mode="before")(ExplainRequest._names_to_calls.__func__)
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_to_calls(cls, v: Any) -> Any:
+        return names_to_calls(v)
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateRequest:
         if isinstance(self.ground_truth, list) and len(self.ground_truth) != len(self.images):
             raise ValueError(f"{len(self.ground_truth)} ground truths for {len(self.images)} images")
-        problems = check_metrics(self.metrics, self.ground_truth is not None)
+        problems = check_metrics(list[MetricCall | str](self.metrics), self.ground_truth is not None)
         if problems:
             raise ValueError("; ".join(problems))
         if isinstance(self.target, int) and self.target < 0:
@@ -206,7 +208,10 @@ class CompareRequest(BaseModel):
     methods: list[MethodCall] | None = None
     metrics: list[MetricCall] | None = None
 
-    _names = field_validator("methods", mode="before")(ExplainRequest._names_to_calls.__func__)
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_to_calls(cls, v: Any) -> Any:
+        return names_to_calls(v)
 
     @model_validator(mode="after")
     def _check(self) -> CompareRequest:
@@ -217,7 +222,7 @@ class CompareRequest(BaseModel):
         else:
             if not (self.model and self.image and self.methods and len(self.methods) == 2):
                 raise ValueError("give map_a and map_b, or model, image and exactly two methods")
-        problems = check_metrics(self.metrics or [], False, for_compare=True)
+        problems = check_metrics(list[MetricCall | str](self.metrics or []), False, for_compare=True)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -252,3 +257,164 @@ class CompareResponse(BaseModel):
     methods: list[str] | None = None
     metrics: dict[str, float | None]
     timings: EvaluateTimings
+
+
+class JobState(BaseModel):
+    """GET /v1/jobs/{id}: status and progress; the result (or the problem) once finished. The result
+    is the answer of the job's kind: explain (POST /v1/jobs), evaluate or compare (``?wait=false``)."""
+
+    id: str
+    status: JobStatus
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    model: str | None = None
+    result: ExplainResponse | EvaluateResponse | CompareResponse | None = None
+    error: ProblemDetails | None = None
+
+
+# ---- multipart explain ------------------------------------------------------------------
+
+
+class ExplainForm(BaseModel):
+    """POST /v1/explain and /v1/jobs as multipart/form-data: the fields of ExplainRequest, with the image
+    as a file. ``methods`` and ``outputs`` are one JSON array, or repeated fields (a method by its name or
+    as a JSON MethodCall object). Documents the form only; the gateway validates it as an ExplainRequest."""
+
+    model: str
+    image: bytes = Field(..., description="the PNG or JPEG file")
+    methods: list[str] = Field(..., description="method names or JSON MethodCall objects, or one JSON array")
+    target: str = Field("predicted", description="class index, class label, or 'predicted'")
+    outputs: list[Output] = Field(default_factory=_default_outputs, description="repeated, or one JSON array")
+    colormap: Colormap = "jet"
+    normalize: Normalize = "minmax"
+    reduce: ReduceChoice | None = None
+    top_k: int = 5
+
+
+# ---- discovery --------------------------------------------------------------------------
+
+
+class InputInfo(BaseModel):
+    size: list[int] = Field(..., description="(height, width) of the model's input")
+    mean: list[float]
+    std: list[float]
+    channels: int
+
+
+class LayerInfo(BaseModel):
+    name: str
+    type: str
+    shape: list[int]
+
+
+class ModelInfo(BaseModel):
+    """One model of GET /v1/models: the card its worker published; until a worker did, what the
+    registry says (``layers`` and ``methods`` null, ``ready`` false)."""
+
+    name: str
+    architecture: str
+    description: str | None = None
+    classes: list[str]
+    num_classes: int
+    input: InputInfo
+    layers: list[LayerInfo] | None = None
+    default_layer: str | None = None
+    methods: list[str] | None = Field(None, description="the methods that apply to this model")
+    unsupported_methods: dict[str, str] | None = Field(None, description="method -> why it does not apply")
+    ready: bool = Field(..., description="a live worker serves the model")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class MethodInfo(BaseModel):
+    """One method of GET /v1/methods (``schemas.methods.MethodSpec.describe``)."""
+
+    name: str
+    family: str
+    paper: str = Field(..., description="section of the survey")
+    summary: str
+    default_reduce: str
+    stochastic: bool
+    accepts_smoothgrad_modifier: bool
+    uses_layer: bool
+    notes: list[str]
+    params_schema: dict[str, Any] = Field(..., description="JSON schema of the method's params")
+
+
+class MethodList(BaseModel):
+    methods: list[MethodInfo]
+
+
+# ---- health and the Open Inference Protocol ---------------------------------------------
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """GET /v2/models/{name} (Open Inference Protocol model metadata)."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any]
+
+
+# ---- KServe V1 --------------------------------------------------------------------------
+
+
+class B64(BaseModel):
+    b64: str
+
+
+class KServeInstance(BaseModel):
+    """An instance as an object: the base64 image under ``data``, ``b64`` or ``image`` (first given wins),
+    itself a string or ``{"b64": ...}``."""
+
+    data: str | B64 | None = None
+    b64: str | B64 | None = None
+    image: str | B64 | None = None
+
+    def image_b64(self) -> str | None:
+        found = next((v for v in (self.data, self.b64, self.image) if v is not None), None)
+        return found.b64 if isinstance(found, B64) else found
+
+
+class KServeExplainRequest(BaseModel):
+    """POST /v1/models/{name}:explain: each instance is explained with ``parameters`` (the fields of
+    ExplainRequest but model and image; default: Grad-CAM, array output)."""
+
+    instances: list[str | KServeInstance] = Field(..., min_length=1, description="base64 images")
+    parameters: dict[str, Any] | None = Field(None, description="ExplainRequest fields for every instance")
+
+
+class TotalTiming(BaseModel):
+    total_ms: float
+
+
+class KServeExplainResponse(BaseModel):
+    predictions: list[Prediction]
+    explanations: list[list[Explanation]] = Field(..., description="per instance, one entry per method")
+    timings: TotalTiming
+
+
+JobState.model_rebuild()
