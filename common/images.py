@@ -22,8 +22,8 @@ def b64_to_bytes(data: str) -> bytes:
     s = data.split(",", 1)[1] if data.startswith("data:") else data
     try:
         return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageProblem("image is not valid base64", field="image")
+    except (binascii.Error, ValueError) as e:
+        raise ImageProblem("image is not valid base64", field="image") from e
 
 
 def decode_image(data: bytes | str, max_pixels: int) -> Image.Image:
@@ -45,9 +45,7 @@ def decode_image(data: bytes | str, max_pixels: int) -> Image.Image:
     except ImageProblem:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageProblem(f"image rejected as a decompression bomb: {e}", field="image")
+        raise ImageProblem(f"image rejected as a decompression bomb: {e}", field="image") from e
     except Exception as e:  # PIL raises many types for corrupt data
-        raise ImageProblem(f"image could not be decoded: {e}", field="image")
-    if img.mode not in ("RGB", "L"):
-        img = img.convert("RGB")
-    return img
+        raise ImageProblem(f"image could not be decoded: {e}", field="image") from e
+    return img if img.mode in ("RGB", "L") else img.convert("RGB")

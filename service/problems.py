@@ -1,0 +1,77 @@
+"""Every error answer of the gateway is application/problem+json (RFC 9457, ``schemas.problems``): the
+rendering of a :class:`Problem` and the exception handlers that turn validation errors, HTTP errors
+and unexpected exceptions into one (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.problems import Problem, ValidationProblem
+
+log = logging.getLogger("whitebox.gateway")
+PROBLEM_JSON = "application/problem+json"
+M = TypeVar("M", bound=BaseModel)
+
+
+def problem_response(p: Problem) -> JSONResponse:
+    return JSONResponse(p.problem(), status_code=p.status, media_type=PROBLEM_JSON, headers=p.headers or None)
+
+
+def clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """pydantic errors without the (possibly huge) input values."""
+    return [
+        {"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors
+    ]
+
+
+def validation_problem(e: ValidationError | RequestValidationError, prefix: tuple[str, ...] = ()) -> ValidationProblem:
+    errs = clean_errors(e.errors())
+    for err in errs:
+        err["loc"] = [*prefix, *err["loc"]]
+    detail = "; ".join(f"{'.'.join(x['loc'])}: {x['msg']}" for x in errs[:5])
+    return ValidationProblem(detail or "invalid request", errors=errs)
+
+
+async def on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return problem_response(validation_problem(exc))
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    p = Problem(str(exc.detail))
+    p.status, p.title, p.slug = exc.status_code, str(exc.detail), "http-" + str(exc.status_code)
+    return problem_response(p)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return problem_response(Problem(f"internal error: {type(exc).__name__}"))
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def validated(model_cls: type[M], data: dict[str, Any], prefix: tuple[str, ...] = ("body",)) -> M:
+    """``data`` as ``model_cls``; a 422 whose error locations start with ``prefix`` otherwise."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise validation_problem(e, prefix) from e

@@ -1,0 +1,157 @@
+"""The gateway's side of the queue protocol (``schemas.queue``): enqueue a typed job with backpressure,
+wait for its :class:`JobResult` (one pub/sub listener for every waiting request, polling as a backstop),
+read and cancel a job, read the model cards and the live workers (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.typing import EncodableT, FieldT
+
+from common.telemetry import GatewayMetrics
+from schemas import queue as q
+from schemas.problems import Overloaded, WorkerFailure
+from schemas.settings import Settings
+from schemas.status import JobStatus
+
+log = logging.getLogger("whitebox.gateway")
+Job = q.ExplainJob | q.EvaluateJob | q.CompareJob
+
+
+class QueueClient:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self._redis: aioredis.Redis | None = None
+        self._waiters: dict[str, asyncio.Future[bool]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("the queue client is not started")
+        return self._redis
+
+    async def start(self) -> None:
+        if not self.settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set (the all-in-one `whitebox serve` starts an embedded Redis)")
+        self._redis = aioredis.from_url(self.settings.redis_url, decode_responses=True, max_connections=512)
+        self._listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        """One pub/sub connection resolves every waiting request; polling covers lost messages."""
+        while True:
+            try:
+                ps = self.redis.pubsub(ignore_subscribe_messages=True)
+                await ps.subscribe(q.EVENTS_CHANNEL)
+                async for msg in ps.listen():
+                    fut = self._waiters.get(msg.get("data"))
+                    if fut is not None and not fut.done():
+                        fut.set_result(True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # reconnect after a Redis hiccup
+                log.warning("event listener: %s", e)
+                await asyncio.sleep(0.5)
+
+    # ---- jobs ---------------------------------------------------------------------------
+    async def enqueue(self, job: Job) -> str:
+        """Put ``job`` on its model's stream with its job hash; 503 + Retry-After when the stream is full."""
+        stream = q.stream_key(job.model)
+        depth = await self.depth(job.model)
+        if depth >= self.settings.max_queue_depth:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise Overloaded(
+                f"{depth} jobs are queued for {job.model!r} (limit {self.settings.max_queue_depth}); retry later",
+                headers={"Retry-After": "1"},
+            )
+        state: dict[FieldT, EncodableT] = {
+            "status": JobStatus.queued.value,
+            "progress": "0",
+            "model": job.model,
+            "kind": job.kind,
+            "created": f"{job.enqueued_at:.6f}",
+        }
+        p = self.redis.pipeline(transaction=False)
+        p.hset(q.job_key(job.id), mapping=state)
+        p.expire(q.job_key(job.id), self.settings.result_ttl_s)
+        p.xadd(stream, q.encode_job(job))  # type: ignore[arg-type]  # redis' stub wants a wider dict type
+        await p.execute()
+        return job.id
+
+    async def result(self, job_id: str) -> q.JobResult | None:
+        raw = await self.redis.get(q.result_key(job_id))
+        if not raw:
+            return None
+        try:
+            return q.JobResult.model_validate_json(raw)
+        except ValidationError as e:
+            raise WorkerFailure(f"the stored result of job {job_id} is malformed: {e.error_count()} errors") from e
+
+    async def wait(self, job_id: str, timeout: float) -> q.JobResult | None:
+        """The job's result once stored, or None after ``timeout`` seconds."""
+        fut = self._waiters.setdefault(job_id, asyncio.get_running_loop().create_future())
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                res = await self.result(job_id)
+                if res is not None:
+                    return res
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), min(left, 1.0))
+        finally:
+            self._waiters.pop(job_id, None)
+
+    async def job_hash(self, job_id: str) -> dict[str, str]:
+        """The ``job:{id}`` hash (status, progress, model, kind, created, finished...); empty when unknown."""
+        h = await self.redis.hgetall(q.job_key(job_id))
+        return cast(dict[str, str], h)  # decode_responses: str keys and values
+
+    async def cancel(self, job_id: str, reason: str, mark_cancelled: bool = False) -> None:
+        """Ask the worker to stop the job (``cancel:{id}``); a job no worker took yet is cancelled at once."""
+        p = self.redis.pipeline(transaction=False)
+        p.set(q.cancel_key(job_id), reason, ex=self.settings.result_ttl_s)
+        if mark_cancelled:
+            p.hset(q.job_key(job_id), "status", JobStatus.cancelled.value)
+        await p.execute()
+
+    # ---- models and workers -------------------------------------------------------------
+    async def depth(self, model: str) -> int:
+        depth = int(await self.redis.xlen(q.stream_key(model)))
+        self.metrics.queue_depth.labels(model).set(depth)
+        return depth
+
+    async def card(self, model: str) -> dict[str, Any] | None:
+        """The model card a worker published (``model:{name}``), None before any did."""
+        raw = await self.redis.get(q.model_key(model))
+        return json.loads(raw) if raw else None
+
+    async def live_models(self) -> set[str]:
+        """The models served by a worker whose heartbeat is alive."""
+        models: set[str] = set()
+        async for key in self.redis.scan_iter(match=q.WORKER_PATTERN, count=100):
+            raw = await self.redis.get(key)
+            if raw:
+                models.update(json.loads(raw).get("models", []))
+        return models
+
+    async def ping(self) -> None:
+        await self.redis.ping()

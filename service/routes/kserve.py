@@ -1,0 +1,62 @@
+"""The KServe V1 protocol: GET /v1/models/{name} (readiness) and POST /v1/models/{name}:explain (each
+instance explained like POST /v1/explain, with the request's ``parameters``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from schemas.api import ExplainRequest, KServeExplainRequest, KServeExplainResponse, ModelReadiness
+from schemas.problems import ValidationProblem
+from service.admission import known
+from service.answers import elapsed_ms, responses_of
+from service.bodies import JsonBodyRoute
+from service.deps import AUTH, GatewayDep, ReceivedAt
+from service.problems import validated
+from service.spec import problems
+from service.submit import submit_explain
+
+DEFAULTS = {"methods": ["gradcam"], "outputs": ["array"]}
+
+router = APIRouter(tags=["kserve"], dependencies=AUTH, route_class=JsonBodyRoute)
+
+
+def instance_requests(name: str, body: KServeExplainRequest) -> list[ExplainRequest]:
+    """One ExplainRequest per instance; a parameter error locates under ``parameters``."""
+    reqs = []
+    for i, inst in enumerate(body.instances):
+        image = inst if isinstance(inst, str) else inst.image_b64()
+        if image is None:
+            raise ValidationProblem(
+                "each instance is a base64 image or {'data'|'b64': <base64>}", field=f"instances.{i}"
+            )
+        data = {**DEFAULTS, **(body.parameters or {}), "model": name, "image": image}
+        reqs.append(validated(ExplainRequest, data, ("parameters",)))
+    return reqs
+
+
+@router.get(
+    "/v1/models/{name}", response_model=ModelReadiness, responses=problems(401, 404, 422), summary="Model readiness"
+)
+async def kserve_model(name: str, gw: GatewayDep) -> ModelReadiness:
+    known(gw, name)
+    return ModelReadiness(name=name, ready=name in await gw.queue.live_models())
+
+
+@router.post(
+    "/v1/models/{name}:explain",
+    response_model=KServeExplainResponse,
+    responses=problems(401, 404, 409, 413, 422, 500, 503, 504),
+    summary="Explain instances (KServe V1 explainer protocol)",
+)
+async def kserve_explain(name: str, body: KServeExplainRequest, gw: GatewayDep, received: ReceivedAt) -> JSONResponse:
+    known(gw, name)
+    ids = [await submit_explain(gw, r) for r in instance_requests(name, body)]
+    answers = await responses_of(gw, ids)
+    return JSONResponse(
+        {
+            "predictions": [a["prediction"] for a in answers],
+            "explanations": [a["explanations"] for a in answers],
+            "timings": {"total_ms": elapsed_ms(received)},
+        }
+    )
