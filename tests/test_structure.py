@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from schemas.methods import CATALOG
-from schemas.methods.structure import DeepLiftParams, DeepTaylorParams, LrpParams
+from schemas.methods.structure import COMPOSITES, LRP_RULES, DeepLiftParams, DeepTaylorParams, LrpParams
 from tests.structure_support import image_batch, model, wrap
 from workers.errors import MethodError
 from workers.explain import IMPLEMENTATIONS, applicability, attribute
+from workers.explain.rules.lrp import RULES, LinearRule, RuleArgs
 from workers.explain.structure import lrp_chooser, relevance_pass
 
 STRUCTURE = ("lrp", "deep_taylor", "deeplift", "fem")
@@ -25,6 +26,29 @@ def test_catalog_and_implementations():
         assert CATALOG[name].family == "structure"
         assert name in IMPLEMENTATIONS
     assert CATALOG["lrp"].default_reduce == CATALOG["deeplift"].default_reduce == "sum"
+
+
+def test_rule_and_composite_registries_agree():
+    """The torch-free declarations (names, descriptions, composites' layer maps) and the torch rule
+    builders name the same rules; the request's choices and docs are built from the declarations."""
+    assert set(RULES) == set(LRP_RULES)
+    lo, hi = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    for name, build in RULES.items():
+        assert isinstance(build(RuleArgs(low=lo, high=hi)), LinearRule), name
+    for spec in COMPOSITES.values():
+        assert set(spec.rule_names) <= set(RULES), spec.name
+        assert spec.name in LrpParams.model_fields["composite"].description
+    selectable = [n for n, r in LRP_RULES.items() if r.selectable]
+    assert LrpParams.model_json_schema()["properties"]["rule"]["enum"] == selectable
+    for name in selectable:
+        assert LrpParams(rule=name).rule == name
+    for name in set(LRP_RULES) - set(selectable):
+        with pytest.raises(ValidationError):
+            LrpParams(rule=name)
+    for name in COMPOSITES:
+        assert LrpParams(composite=name).composite == name
+    with pytest.raises(ValidationError):
+        LrpParams(composite="epsilon_everywhere")
 
 
 def test_params_validation():

@@ -4,8 +4,11 @@ family, its paper section, its parameter model and its default reduction.
 Each family module declares its entries with :func:`schemas.methods.base.method`;
 this package gathers them in ``CATALOG``. The gateway validates requests and
 serves ``GET /v1/methods`` from it; the worker maps the same names to
-implementations (``workers.explain.registry``) and a test checks both agree.
+implementations (``workers.explain.base.register``) and a test checks both agree
+(see docs/architecture.md).
 """
+
+from typing import Any
 
 from schemas.methods.base import CATALOG, MethodSpec, Params, SmoothGradModifier, method
 
@@ -17,13 +20,13 @@ from schemas.methods import linearization, structure, perturbation  # noqa: F401
 __all__ = ["CATALOG", "MethodSpec", "Params", "SmoothGradModifier", "method", "parse_params", "default_reduce"]
 
 
-def parse_params(name: str, params: dict | None) -> Params:
+def parse_params(name: str, params: dict[str, Any] | None) -> Params:
     """Validate ``params`` for method ``name`` (raises KeyError or pydantic ValidationError)."""
     spec = CATALOG[name]
     return spec.params.model_validate(params or {})
 
 
-def default_reduce(name: str, params: Params | dict | None = None) -> str:
+def default_reduce(name: str, params: Params | dict[str, Any] | None = None) -> str:
     """The C x H x W -> H x W reduction of a method's map when the request names none: the catalog's
     default, except that SmoothGrad reduces as its base method does (a sum over integrated gradients).
     One-channel methods ("single") answer ``max_abs``: every reduction leaves one channel as it is."""

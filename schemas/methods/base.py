@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,7 @@ class MethodSpec:
     uses_layer: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "family": self.family,
@@ -58,7 +58,7 @@ class MethodSpec:
 CATALOG: dict[str, MethodSpec] = {}
 
 
-def method(**kwargs) -> MethodSpec:
+def method(**kwargs: Any) -> MethodSpec:
     spec = MethodSpec(**kwargs)
     if spec.name in CATALOG:
         raise ValueError(f"method {spec.name!r} declared twice")

@@ -16,7 +16,6 @@ LAYER_DOC = (
 )
 
 NAMED_BASELINES = ("black", "white", "blur", "uniform")
-INTEGRATIONS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 Integration = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 BATCH_DOC = "images per forward/backward pass (bounds memory; the result does not depend on it beyond float rounding)"
 

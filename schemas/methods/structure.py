@@ -2,31 +2,131 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from schemas.methods.base import Params, method
 from schemas.methods.linearization import LAYER_DOC
 
-LrpRule = Literal["zero", "epsilon", "gamma", "alpha_beta"]
-Composite = Literal["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"]
+# ---- LRP rules and composites: names, descriptions and layer -> rule maps (the torch rule objects
+# are registered under the same names in workers/explain/rules/lrp.py; a test checks both agree)
 
+
+@dataclass(frozen=True)
+class LrpRuleSpec:
+    """An LRP relevance rule: its name, what it is, and whether a request may name it as ``rule``
+    (the others are used by composites and deep Taylor decomposition only)."""
+
+    name: str
+    description: str
+    selectable: bool = False
+
+
+LRP_RULES: dict[str, LrpRuleSpec] = {}
+
+
+def lrp_rule(name: str, description: str, selectable: bool = False) -> LrpRuleSpec:
+    if name in LRP_RULES:
+        raise ValueError(f"LRP rule {name!r} declared twice")
+    LRP_RULES[name] = spec = LrpRuleSpec(name, description, selectable)
+    return spec
+
+
+lrp_rule("zero", "Eq. 12", selectable=True)
+lrp_rule("epsilon", "Eq. 13", selectable=True)
+lrp_rule("gamma", "Eq. 14", selectable=True)
+lrp_rule("alpha_beta", "Eq. 15", selectable=True)
+lrp_rule("alpha2_beta1", "Eq. 15 with alpha=2, beta=1")
+lrp_rule("zplus", "z+: Eq. 15 with alpha=1, beta=0")
+lrp_rule("flat", "the w^2 rule with all weights equal")
+lrp_rule("zbox", "z^B of deep Taylor decomposition, bounds from the model's input normalisation")
+lrp_rule("wsquare", "w^2 of deep Taylor decomposition (unbounded input)")
+
+
+@dataclass(frozen=True)
+class CompositeSpec:
+    """A composite: the rule (a name of ``LRP_RULES``) per kind of layer; the first conv/linear
+    call of the forward pass takes ``first_conv`` / ``first_dense`` when given."""
+
+    name: str
+    description: str
+    conv: str
+    dense: str
+    first_conv: str | None = None
+    first_dense: str | None = None
+
+    def rule_for(self, first: bool, conv: bool) -> str:
+        special = (self.first_conv if conv else self.first_dense) if first else None
+        return special or (self.conv if conv else self.dense)
+
+    @property
+    def rule_names(self) -> tuple[str, ...]:
+        names = (self.first_conv, self.first_dense, self.conv, self.dense)
+        return tuple(dict.fromkeys(n for n in names if n is not None))
+
+
+COMPOSITES: dict[str, CompositeSpec] = {}
+
+
+def composite(name: str, description: str, **layer_rules: str) -> CompositeSpec:
+    """Declare a composite: ``conv=``, ``dense=`` and optionally ``first_conv=`` / ``first_dense=``."""
+    if name in COMPOSITES:
+        raise ValueError(f"composite {name!r} declared twice")
+    spec = CompositeSpec(name, description, **layer_rules)
+    unknown = [r for r in spec.rule_names if r not in LRP_RULES]
+    if unknown:
+        raise ValueError(f"composite {name!r} names unknown LRP rules {unknown}")
+    COMPOSITES[name] = spec
+    return spec
+
+
+composite(
+    "epsilon_plus_flat",
+    "flat at the first conv/linear layer, z+ at every other conv, epsilon at dense layers",
+    first_conv="flat",
+    first_dense="flat",
+    conv="zplus",
+    dense="epsilon",
+)
+composite(
+    "epsilon_gamma_box",
+    "z^B (bounds from the model's input normalisation) at the first conv, gamma at every other conv, "
+    "epsilon at dense layers",
+    first_conv="zbox",
+    conv="gamma",
+    dense="epsilon",
+)
+composite(
+    "epsilon_alpha2_beta1",
+    "alpha=2, beta=1 at every conv, epsilon at dense layers",
+    conv="alpha2_beta1",
+    dense="epsilon",
+)
+
+# the request's choices, built from the registries
+if TYPE_CHECKING:  # mypy cannot read a Literal built at run time: it checks them as str
+    LrpRule = str
+    Composite = str
+else:
+    LrpRule = Literal[tuple(n for n, r in LRP_RULES.items() if r.selectable)]
+    Composite = Literal[tuple(COMPOSITES)]
+
+RULE_DOC = (
+    " | ".join(f"{r.name} ({r.description})" for r in LRP_RULES.values() if r.selectable)
+    + "; applied at every conv and dense layer"
+)
 COMPOSITE_DOC = (
-    "rules by layer (overrides `rule`): epsilon_plus_flat = flat at the first conv/linear layer, z+ at every "
-    "other conv, epsilon at dense layers; epsilon_gamma_box = z^B (bounds from the model's input normalisation) "
-    "at the first conv, gamma at every other conv, epsilon at dense layers; epsilon_alpha2_beta1 = "
-    "alpha=2, beta=1 at every conv, epsilon at dense layers. Residual additions and average pooling: "
-    "proportional split; max-pooling: winner takes all; ReLU: relevance passes unchanged"
+    "rules by layer (overrides `rule`): "
+    + "; ".join(f"{c.name} = {c.description}" for c in COMPOSITES.values())
+    + ". Residual additions and average pooling: proportional split; max-pooling: winner takes all; "
+    "ReLU: relevance passes unchanged"
 )
 
 
 class LrpParams(Params):
-    rule: LrpRule = Field(
-        "epsilon",
-        description="zero (Eq. 12) | epsilon (Eq. 13) | gamma (Eq. 14) | "
-        "alpha_beta (Eq. 15); applied at every conv and dense layer",
-    )
+    rule: LrpRule = Field("epsilon", description=RULE_DOC)
     epsilon: float = Field(0.25, ge=0.0, le=1e6, description="epsilon of Eq. 13 (added with the sign of z)")
     gamma: float = Field(0.25, ge=0.0, le=1e6, description="gamma of Eq. 14")
     alpha: float = Field(1.0, ge=1.0, le=1e6, description="alpha of Eq. 15 (alpha = beta + 1)")
@@ -40,7 +140,7 @@ class LrpParams(Params):
 
     @field_validator("composite", mode="before")
     @classmethod
-    def _none(cls, v):
+    def _none(cls, v: object) -> object:
         return None if v in ("none", "") else v
 
     @model_validator(mode="after")

@@ -30,24 +30,13 @@ from collections.abc import Callable
 
 import torch
 
+from schemas.methods.structure import COMPOSITES, DeepTaylorParams, LrpParams
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register, target_scores
 from workers.explain.canonize import COVERED, Analysis, CheckedRuleMode, family_check, model_analysis
 from workers.explain.engine import Rule, call_arg, finish_inplace
 from workers.explain.rules.linear import CONV_ARGS, LINEAR_ARGS, bind_batch_norm, bind_linear
-from workers.explain.rules.lrp import (
-    STABILIZER,
-    AlphaBeta,
-    Epsilon,
-    Flat,
-    Gamma,
-    LinearRule,
-    NormFunction,
-    RelevanceFunction,
-    WSquare,
-    ZBox,
-    ZPlus,
-)
+from workers.explain.rules.lrp import RULES, STABILIZER, Epsilon, LinearRule, NormFunction, RelevanceFunction, RuleArgs
 from workers.models.loading import LoadedModel
 
 Chooser = Callable[[int, bool], LinearRule]  # (layer number, is conv) -> rule
@@ -56,33 +45,24 @@ Chooser = Callable[[int, bool], LinearRule]  # (layer number, is conv) -> rule
 # ---- choosing rules ------------------------------------------------------------------------------------
 
 
-def lrp_chooser(params, low: torch.Tensor, high: torch.Tensor) -> Chooser:
-    eps, bias = params.epsilon, params.bias
-    dense = Epsilon(eps, bias)
-    comp = params.composite
-    if comp is None:
-        rule = {
-            "zero": Epsilon(0.0, bias),
-            "epsilon": Epsilon(eps, bias),
-            "gamma": Gamma(params.gamma, bias),
-            "alpha_beta": AlphaBeta(params.alpha, params.beta, bias),
-        }[params.rule]
-        return lambda i, conv: rule
-    if comp == "epsilon_plus_flat":
-        first, conv_rule = Flat(), ZPlus(bias)
-        return lambda i, conv: first if i == 0 else (conv_rule if conv else dense)
-    if comp == "epsilon_gamma_box":
-        box, conv_rule = ZBox(low, high), Gamma(params.gamma, bias)
-        return lambda i, conv: (box if i == 0 else conv_rule) if conv else dense
-    if comp == "epsilon_alpha2_beta1":
-        conv_rule = AlphaBeta(2.0, 1.0, bias)
-        return lambda i, conv: conv_rule if conv else dense
-    raise MethodError(f"unknown composite {comp!r}", field="composite")
+def lrp_chooser(params: LrpParams, low: torch.Tensor, high: torch.Tensor) -> Chooser:
+    """The rule of each conv/linear call: ``params.rule`` everywhere, or the composite's rule for
+    the kind of layer (schemas.methods.structure.COMPOSITES)."""
+    args = RuleArgs(params.epsilon, params.gamma, params.alpha, params.beta, params.bias, low, high)
+    if params.composite is None:
+        one = RULES[params.rule](args)
+        return lambda i, conv: one
+    spec = COMPOSITES.get(params.composite)
+    if spec is None:
+        raise MethodError(f"unknown composite {params.composite!r}", field="composite")
+    built = {name: RULES[name](args) for name in spec.rule_names}
+    return lambda i, conv: built[spec.rule_for(i == 0, conv)]
 
 
-def deep_taylor_chooser(params, low: torch.Tensor, high: torch.Tensor) -> Chooser:
-    first = ZBox(low, high) if params.input_rule == "zbox" else WSquare()
-    hidden = ZPlus(bias=False)
+def deep_taylor_chooser(params: DeepTaylorParams, low: torch.Tensor, high: torch.Tensor) -> Chooser:
+    """z^B or w^2 at the first layer (``input_rule``), bias-free z+ at every other one."""
+    args = RuleArgs(bias=False, low=low, high=high)
+    first, hidden = RULES[params.input_rule](args), RULES["zplus"](args)
     return lambda i, conv: first if i == 0 else hidden
 
 

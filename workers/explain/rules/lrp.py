@@ -21,10 +21,12 @@ fixed 1e-6 (as Zennit does); LRP-0 divides only where z != 0 (0/0 -> 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from schemas.methods.structure import LRP_RULES
 from workers.explain.rules.linear import LayerFn, vjp
 
 STABILIZER = 1e-6
@@ -175,6 +177,53 @@ class Flat(LinearRule):
         w1 = torch.ones_like(w)
         z = f(torch.ones_like(a), w1, None)
         return vjp(f, a, w1, r / stabilise(z, STABILIZER))
+
+
+# ---- the rules by name (the names, descriptions and composites: schemas/methods/structure.py) ----
+
+
+@dataclass(frozen=True)
+class RuleArgs:
+    """What a rule is built from: the request's parameters and the model's input box."""
+
+    epsilon: float = 0.25
+    gamma: float = 0.25
+    alpha: float = 1.0
+    beta: float = 0.0
+    bias: bool = True
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+
+
+RULES: dict[str, Callable[[RuleArgs], LinearRule]] = {}
+
+
+def rule(name: str) -> Callable[[Callable[[RuleArgs], LinearRule]], Callable[[RuleArgs], LinearRule]]:
+    """Register the builder of the rule ``name`` (declared in ``schemas.methods.structure.LRP_RULES``)."""
+    if name not in LRP_RULES:
+        raise KeyError(f"{name!r} is not in schemas.methods.structure.LRP_RULES; declare it there first")
+
+    def deco(build: Callable[[RuleArgs], LinearRule]) -> Callable[[RuleArgs], LinearRule]:
+        if name in RULES:
+            raise ValueError(f"LRP rule {name!r} implemented twice")
+        RULES[name] = build
+        return build
+
+    return deco
+
+
+rule("zero")(lambda a: Epsilon(0.0, a.bias))
+rule("epsilon")(lambda a: Epsilon(a.epsilon, a.bias))
+rule("gamma")(lambda a: Gamma(a.gamma, a.bias))
+rule("alpha_beta")(lambda a: AlphaBeta(a.alpha, a.beta, a.bias))
+rule("alpha2_beta1")(lambda a: AlphaBeta(2.0, 1.0, a.bias))
+rule("zplus")(lambda a: ZPlus(a.bias))
+rule("flat")(lambda a: Flat())
+rule("zbox")(lambda a: ZBox(a.low, a.high))
+rule("wsquare")(lambda a: WSquare())
+
+
+# ---- the autograd functions that apply a rule to one call ----
 
 
 class RelevanceFunction(torch.autograd.Function):
