@@ -18,9 +18,7 @@ def _items(model, n: int, methods: list, outputs: list[str]):
     out = []
     for k in range(n):
         img = Image.fromarray((np.random.default_rng(k).random((h, w, 3)) * 255).astype(np.uint8))
-        req = ExplainRequest.model_validate(
-            {"model": model.name, "image": "x", "methods": methods, "outputs": outputs}
-        ).model_dump()
+        req = ExplainRequest.model_validate({"model": model.name, "image": "x", "methods": methods, "outputs": outputs})
         out.append(Item(request=req, image=img))
     return out
 

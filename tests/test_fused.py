@@ -138,8 +138,8 @@ def test_no_grad_state_or_hooks_left(models):
     assert not any(mod._forward_hooks for mod in m.module.modules())
 
 
-def _request(**kw) -> dict:
-    return ExplainRequest.model_validate({"model": "m", "image": "unused", **kw}).model_dump()
+def _request(**kw) -> ExplainRequest:
+    return ExplainRequest.model_validate({"model": "m", "image": "unused", **kw})
 
 
 def test_pipeline_fused_equals_unfused(models):
@@ -163,15 +163,16 @@ def test_pipeline_fused_equals_unfused(models):
         ),
         _request(methods=["saliency"], outputs=["array"], target=99),
     ]
-    fused = [Item(request=r, image=i) for r, i in zip(reqs, imgs)]
-    plain = [Item(request=r, image=i) for r, i in zip(reqs, imgs)]
+    targets = [2, None, 5, 99]  # as the gateway resolves them (99: a class the model lacks)
+    fused = [Item(request=r, image=i, target_index=t) for r, i, t in zip(reqs, imgs, targets)]
+    plain = [Item(request=r, image=i, target_index=t) for r, i, t in zip(reqs, imgs, targets)]
     run_batch(m, fused)
     run_batch(m, plain, fuse=False)
     assert fused[3].result is None and fused[3].error.status == 422
     for f, p in zip(fused[:3], plain[:3]):
-        assert f.result["prediction"]["class_index"] == p.result["prediction"]["class_index"]
-        assert f.result["target"] == p.result["target"]
-        for ef, ep in zip(f.result["explanations"], p.result["explanations"]):
-            assert ef["method"] == ep["method"] and ef["params"] == ep["params"]
-            a, b = decode_array(ef["array"]), decode_array(ep["array"])
-            assert max_rel_diff(torch.tensor(a), torch.tensor(b)) <= TOL, ef["method"]
+        assert f.result.prediction.class_index == p.result.prediction.class_index
+        assert f.result.target == p.result.target
+        for ef, ep in zip(f.result.explanations, p.result.explanations, strict=True):
+            assert ef.method == ep.method and ef.params == ep.params
+            a, b = decode_array(ef.array), decode_array(ep.array)
+            assert max_rel_diff(torch.tensor(a), torch.tensor(b)) <= TOL, ef.method
