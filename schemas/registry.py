@@ -1,4 +1,4 @@
-"""Model-registry configuration (DESIGN.md §4): one YAML file names the models a worker loads."""
+"""Model-registry configuration (docs/architecture.md, "Where each fact lives"): one YAML file names the models a worker loads."""
 
 from __future__ import annotations
 
