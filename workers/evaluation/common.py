@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from schemas.methods import CATALOG
+from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.postprocess import reduce_channels
 from workers.models.loading import LoadedModel
@@ -20,7 +21,7 @@ MapFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def reduce_map(method: str, maps: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) raw relevance -> (N, H, W) with the method's default reduction (DESIGN.md §3),
+    """(N, C, H, W) raw relevance -> (N, H, W) with the method's default reduction,
     the same map the service renders before normalisation."""
     how = CATALOG[method].default_reduce
     if how in ("single", "none"):
@@ -30,7 +31,6 @@ def reduce_map(method: str, maps: torch.Tensor) -> torch.Tensor:
 
 def map_fn(method: str, params: dict[str, Any] | None = None) -> MapFn:
     """A function computing ``method``'s evaluation maps on any (model, x, targets)."""
-    from workers.explain import attribute
 
     def fn(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, progress: Progress = NO_PROGRESS):
         return reduce_map(method, attribute(model, x, targets, method, params, progress=progress).maps)

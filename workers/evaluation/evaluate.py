@@ -13,6 +13,8 @@ polygon or PNG given in the client's image pixels). Metric names and parameters 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import time
@@ -21,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from schemas.metrics import COMPARE_METRICS, METRICS, parse_metric_params
 from workers.errors import MethodError
 from workers.evaluation import faithfulness, robustness, sanity
 from workers.evaluation import metrics as M
 from workers.evaluation.common import map_fn, predict, reduce_map, to_numpy
+from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.models.loading import LoadedModel
 
@@ -93,6 +97,60 @@ def sample_metric(name: str, params: dict, m: np.ndarray, gt: np.ndarray | None)
     raise KeyError(name)
 
 
+def _deletion_insertion(name, p, model, x, targets, maps, fn, progress) -> list:
+    n = x.shape[0]
+    kw = {k: p[k] for k in ("fill", "value", "sigma", "steps", "score", "batch_size")}
+    return [
+        faithfulness.deletion_insertion(
+            model,
+            x[i : i + 1],
+            int(targets[i]),
+            maps[i],
+            mode=name.split("_")[0],
+            progress=progress.sub(i / n, (i + 1) / n),
+            **kw,
+        )[0]
+        for i in range(n)
+    ]
+
+
+def _faithfulness_correlation(name, p, model, x, targets, maps, fn, progress) -> list:
+    subset = min(p["subset_size"], x[0].numel())
+    kw = {k: p[k] for k in ("runs", "value", "seed", "batch_size")}
+    return list(
+        faithfulness.faithfulness_correlation(model, x, targets, maps, subset_size=subset, progress=progress, **kw)
+    )
+
+
+def _robustness(name, p, model, x, targets, maps, fn, progress) -> list:
+    kw = {k: v for k, v in p.items() if k != "quantile"}
+    return robustness.adversarial_robustness(
+        model, x, targets, fn, maps, name.split("_")[1], p["quantile"], progress=progress, **kw
+    )
+
+
+def _max_sensitivity(name, p, model, x, targets, maps, fn, progress) -> list:
+    return list(
+        robustness.max_sensitivity(model, x, targets, fn, maps, p["radius"], p["samples"], p["seed"], progress=progress)
+    )
+
+
+def _randomisation(name, p, model, x, targets, maps, fn, progress) -> list:
+    return sanity.model_randomisation(model, x, targets, fn, maps, p["layers"], p["seed"], progress=progress)
+
+
+# the metrics that run the model: (name, params, model, x, targets, maps, map function, progress) -> per-image values
+MODEL_METRICS = {
+    "deletion_auc": _deletion_insertion,
+    "insertion_auc": _deletion_insertion,
+    "faithfulness_correlation": _faithfulness_correlation,
+    "robustness_fgsm": _robustness,
+    "robustness_deepfool": _robustness,
+    "max_sensitivity": _max_sensitivity,
+    "model_randomisation": _randomisation,
+}
+
+
 def evaluate_method(
     model: LoadedModel,
     x: torch.Tensor,
@@ -104,8 +162,6 @@ def evaluate_method(
     progress: Progress = NO_PROGRESS,
 ) -> tuple[dict[str, list], torch.Tensor]:
     """Per-sample values {metric: [value per image]} of one method, and its maps (N, H, W)."""
-    from workers.explain import attribute
-
     n = x.shape[0]
     fn = map_fn(method, method_params)
     n_model = sum(1 for k, _ in metrics if METRICS[k].needs_model)
@@ -122,65 +178,14 @@ def evaluate_method(
         if spec.needs_ground_truth and gt is None:
             raise ValueError(f"{name} needs a ground truth mask")
         p = parse_metric_params(name, params).model_dump()
-        if not spec.needs_model:
-            if name == "time_ms":
-                out[name] = [elapsed_ms] * n
-            else:
-                out[name] = [sample_metric(name, p, mnp[i], None if gt is None else gt[i]) for i in range(n)]
-            continue
-        sub = progress.sub(share * (1 + done), share * (2 + done))
-        done += 1
-        if name in ("deletion_auc", "insertion_auc"):
-            mode = name.split("_")[0]
-            vals = []
-            for i in range(n):
-                auc, _ = faithfulness.deletion_insertion(
-                    model,
-                    x[i : i + 1],
-                    int(targets[i]),
-                    maps[i],
-                    mode=mode,
-                    fill=p["fill"],
-                    value=p["value"],
-                    sigma=p["sigma"],
-                    steps=p["steps"],
-                    score=p["score"],
-                    batch_size=p["batch_size"],
-                    progress=sub.sub(i / n, (i + 1) / n),
-                )
-                vals.append(auc)
-            out[name] = vals
-        elif name == "faithfulness_correlation":
-            out[name] = list(
-                faithfulness.faithfulness_correlation(
-                    model,
-                    x,
-                    targets,
-                    maps,
-                    runs=p["runs"],
-                    subset_size=min(p["subset_size"], x[0].numel()),
-                    value=p["value"],
-                    seed=p["seed"],
-                    batch_size=p["batch_size"],
-                    progress=sub,
-                )
-            )
-        elif name in ("robustness_fgsm", "robustness_deepfool"):
-            attack = name.split("_")[1]
-            kw = {k: v for k, v in p.items() if k != "quantile"}
-            out[name] = robustness.adversarial_robustness(
-                model, x, targets, fn, maps, attack, p["quantile"], progress=sub, **kw
-            )
-        elif name == "max_sensitivity":
-            out[name] = list(
-                robustness.max_sensitivity(
-                    model, x, targets, fn, maps, p["radius"], p["samples"], p["seed"], progress=sub
-                )
-            )
-        elif name == "model_randomisation":
-            out[name] = sanity.model_randomisation(model, x, targets, fn, maps, p["layers"], p["seed"], progress=sub)
-        else:  # pragma: no cover - a catalog entry without implementation is caught by a test
-            raise KeyError(name)
+        if name == "time_ms":
+            out[name] = [elapsed_ms] * n
+        elif not spec.needs_model:
+            out[name] = [sample_metric(name, p, mnp[i], None if gt is None else gt[i]) for i in range(n)]
+        else:
+            sub = progress.sub(share * (1 + done), share * (2 + done))
+            done += 1
+            out[name] = MODEL_METRICS[name](name, p, model, x, targets, maps, fn, sub)
     progress(1.0)
     return out, maps
 
@@ -269,8 +274,6 @@ def compare_methods(
     metrics: Iterable[Call] | None = None,
 ) -> dict[str, float | None]:
     """Two methods on one image (1, C, H, W): their maps compared (``method_b``'s map is the reference)."""
-    from workers.explain import attribute
-
     t = _targets(model, x[:1], target)
     maps = []
     for call in (method_a, method_b):
@@ -284,11 +287,6 @@ def ground_truth_mask(gt, image_size: tuple[int, int], model_size: tuple[int, in
     pixels (``image_size`` = (width, height), as PIL): a ``schemas.metrics.GroundTruth`` or a dict with
     one of ``box`` [x0, y0, x1, y1], ``polygon`` [[x, y], ...], ``mask_png`` (base64), or an array / PIL
     image. The mask is drawn at the image size and resized with nearest-neighbour sampling."""
-    import base64
-    import io
-
-    from PIL import Image, ImageDraw
-
     w, h = image_size
     if hasattr(gt, "model_dump"):
         gt = gt.model_dump(exclude_none=True)
@@ -314,18 +312,8 @@ def ground_truth_mask(gt, image_size: tuple[int, int], model_size: tuple[int, in
 
 
 # the catalog names this module computes (a test checks it equals schemas.metrics.METRICS)
-IMPLEMENTED_METRICS = frozenset(COMPARE_METRICS) | {
-    "pointing_game",
-    "relevance_mass_accuracy",
-    "relevance_rank_accuracy",
-    "iou_gt",
-    "sparseness",
-    "time_ms",
-    "deletion_auc",
-    "insertion_auc",
-    "faithfulness_correlation",
-    "robustness_fgsm",
-    "robustness_deepfool",
-    "max_sensitivity",
-    "model_randomisation",
-}
+IMPLEMENTED_METRICS = (
+    frozenset(COMPARE_METRICS)
+    | {"pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "iou_gt", "sparseness", "time_ms"}
+    | frozenset(MODEL_METRICS)
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 
 EPS_MATLAB = np.finfo(np.float64).eps  # 2.2204e-16, the `eps` of the MIT benchmark code
 
@@ -252,8 +253,6 @@ def sparseness(a) -> float:
 
 def spearman(a, b) -> float:
     """Spearman rank correlation: Pearson correlation of the average ranks (ties share a rank)."""
-    from scipy.stats import rankdata
-
     return cc(rankdata(_f(a).ravel()), rankdata(_f(b).ravel()))
 
 

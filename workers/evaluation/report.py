@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from PIL import Image
 
 from schemas.metrics import METRICS
@@ -37,8 +39,10 @@ from workers.evaluation import metrics as M
 from workers.evaluation.common import map_fn, to_numpy
 from workers.evaluation.evaluate import _clean, evaluate_method, ground_truth_mask
 from workers.evaluation.sanity import cascading_randomisation
+from workers.explain import applicability
 from workers.explain.base import Progress
 from workers.models.loading import LoadedModel, load_model
+from workers.training import clever_hans, shapes
 
 FAMILY_ORDER = ("localisation", "similarity", "complexity", "faithfulness", "robustness", "sanity", "cost")
 FAMILY_TITLES = {
@@ -91,15 +95,11 @@ def load_images(spec: str, n: int, seed: int) -> dict:
     "extra_masks": {name: [bool array]}} at the images' own size."""
     if spec in ("generated", "clever-hans"):
         if spec == "generated":
-            from workers.training.shapes import generate
-
-            imgs, labels, masks = generate(n, seed)
+            imgs, labels, masks = shapes.generate(n, seed)
             extra = {}
         else:
-            from workers.training.clever_hans import data, watermark_area
-
-            imgs, labels, masks, wm = data(n, seed, "watermark")
-            extra = {"watermark": list(wm), "watermark_area": [watermark_area()] * n}
+            imgs, labels, masks, wm = clever_hans.data(n, seed, "watermark")
+            extra = {"watermark": list(wm), "watermark_area": [clever_hans.watermark_area()] * n}
         return {
             "images": [Image.fromarray(a) for a in imgs],
             "names": [f"{spec}-{seed}-{i}" for i in range(n)],
@@ -128,8 +128,6 @@ def load_images(spec: str, n: int, seed: int) -> dict:
 
 def default_methods(model: LoadedModel) -> tuple[list[str], dict[str, str]]:
     """Every implemented method that applies to the model, and the reasons of those that do not."""
-    from workers.explain import applicability
-
     app = applicability(model)
     return [k for k, v in app.items() if v is None], {k: v for k, v in app.items() if v is not None}
 
@@ -224,17 +222,13 @@ def figure_maps(
 ) -> None:
     """The survey's Fig. 9 layout: per image the image, then each method's [0,1] map in jet over it
     with a colour bar; wrapped after ``per_row`` panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = min(rows, len(images))
     methods = list(maps)
     panels = 1 + len(methods)
     ncol = min(per_row, panels)
     lines = math.ceil(panels / ncol)
-    fig, axes = plt.subplots(rows * lines, ncol, figsize=(1.9 * ncol, 1.75 * rows * lines), squeeze=False)
+    fig = Figure(figsize=(1.9 * ncol, 1.75 * rows * lines))
+    axes = fig.subplots(rows * lines, ncol, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r in range(rows):
@@ -255,24 +249,19 @@ def figure_maps(
             cb.ax.tick_params(labelsize=5)
     fig.tight_layout(pad=0.3)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def figure_metrics(path: Path, table: dict[str, dict[str, list[float]]]) -> None:
     """One panel per column: mean ± sd per method (time on a log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols: list[str] = []
     for vals in table.values():
         cols += [c for c in vals if c not in cols]
     methods = list(table)
     ncol = 4
     nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 0.22 * len(methods) * nrow + 1.2 * nrow), squeeze=False)
-    cmap = plt.get_cmap("tab20")
+    fig = Figure(figsize=(3.2 * ncol, 0.22 * len(methods) * nrow + 1.2 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    cmap = colormaps["tab20"]
     for k, c in enumerate(cols):
         ax = axes[k // ncol, k % ncol]
         stats = [mean_sd(table[m].get(c, [])) for m in methods]
@@ -298,18 +287,13 @@ def figure_metrics(path: Path, table: dict[str, dict[str, list[float]]]) -> None
         axes[k // ncol, k % ncol].axis("off")
     fig.tight_layout(pad=0.4)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure_sanity(path: Path, curves: dict[str, dict]) -> None:
     """Cascading randomisation: Spearman and SSIM (mean over images) vs the layers randomised."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    cmap = plt.get_cmap("tab20")
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, 2)
+    cmap = colormaps["tab20"]
     for i, (meth, r) in enumerate(curves.items()):
         for ax, key in zip(axes, ("spearman", "ssim")):
             y = np.concatenate([[1.0], np.nanmean(r[key], axis=1) if r[key].size else []])
@@ -324,7 +308,6 @@ def figure_sanity(path: Path, curves: dict[str, dict]) -> None:
     axes[1].legend(fontsize=6, ncol=2, loc="upper right")
     fig.tight_layout(pad=0.4)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -342,8 +325,8 @@ def _parse_methods(items: list[str] | None) -> list[tuple[str, dict]] | None:
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+def _load(args: argparse.Namespace) -> tuple[LoadedModel, dict, torch.Tensor]:
+    """The model, the images ({"images", "names", "labels", "masks", "extra_masks"}) and the batch."""
     reg, idx = find_model(args.model, args.registry)
     entry = reg.models[idx]
     if entry.weights and not reg.resolve(entry.weights).exists():
@@ -353,138 +336,181 @@ def run(args: argparse.Namespace) -> dict:
         )
     model = load_model(entry, reg)
     data = load_images(args.images, args.n, args.seed)
-    x = model.preprocess(data["images"])
-    n = x.shape[0]
+    return model, data, model.preprocess(data["images"])
+
+
+def _ground_truth(model: LoadedModel, data: dict) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The object masks (None unless every image has one) and the extra masks, at the model's size."""
     hw = model.input_size
     size_of = [im.size for im in data["images"]]
     gt = None
     if all(m is not None for m in data["masks"]):
         gt = np.stack([ground_truth_mask(m, s, hw) for m, s in zip(data["masks"], size_of)])
-    extra_gt = {
+    extra = {
         k: np.stack([ground_truth_mask(m, s, hw) for m, s in zip(v, size_of)]) for k, v in data["extra_masks"].items()
     }
-    with torch.no_grad():
-        pred = model.module(x).argmax(1).cpu()
-    targets = pred if args.target == "predicted" else torch.as_tensor(data["labels"], dtype=torch.long)
+    return gt, extra
+
+
+def _notes(args: argparse.Namespace, model: LoadedModel, data: dict, pred: torch.Tensor, n: int) -> dict[str, str]:
     notes = {}
     if data["labels"] is not None:
         notes["accuracy on these images"] = f"{float((pred.numpy() == data['labels']).mean()):.3f}"
     if args.images == "clever-hans":
-        from workers.training.clever_hans import data as ch_data
-
         for cond in ("removed", "swapped"):
-            xi, yi, _, _ = ch_data(n, args.seed, cond)
+            xi, yi, _, _ = clever_hans.data(n, args.seed, cond)
             with torch.no_grad():
                 p = model.module(model.preprocess([Image.fromarray(a) for a in xi])).argmax(1).numpy()
             notes[f"accuracy with the watermark {cond}"] = f"{float((p == yi).mean()):.3f}"
+    return notes
 
-    methods = _parse_methods(args.methods)
-    skipped: dict[str, str] = {}
-    if methods is None:
-        names, skipped = default_methods(model)
-        methods = [(k, {}) for k in names if k not in (args.exclude or [])]
-    metric_names = [m for m in (args.metrics.split(",") if args.metrics else DEFAULT_METRICS) if m]
-    for m in metric_names:
+
+def _metric_names(args: argparse.Namespace, has_gt: bool, notes: dict[str, str]) -> list[str]:
+    names = [m for m in (args.metrics.split(",") if args.metrics else DEFAULT_METRICS) if m]
+    for m in names:
         if m not in METRICS:
             raise SystemExit(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
-    if gt is None:
-        dropped = [m for m in metric_names if METRICS[m].needs_ground_truth]
-        metric_names = [m for m in metric_names if not METRICS[m].needs_ground_truth]
+    if not has_gt:
+        dropped = [m for m in names if METRICS[m].needs_ground_truth]
+        names = [m for m in names if not METRICS[m].needs_ground_truth]
         if dropped:
             notes["no ground truth"] = "skipped " + ", ".join(dropped)
-    mparams = {**BENCH_METRIC_PARAMS, **(json.loads(args.metric_params) if args.metric_params else {})}
-    calls = [(m, mparams.get(m, {})) for m in metric_names if m != "model_randomisation"]
-    sanity_params = mparams.get("model_randomisation", {})
+    return names
 
-    table: dict[str, dict[str, list[float]]] = {}
-    per_image: dict[str, dict] = {}
-    maps_fig: dict[str, np.ndarray] = {}
-    curves: dict[str, dict] = {}
-    extra_cols = {}
+
+def _randomisation_values(r: dict, n: int) -> list[dict[str, float]]:
+    def mean(col: np.ndarray) -> float:
+        return float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
+
+    return [
+        {
+            "spearman": mean(r["spearman"][:, i]),
+            "ssim": mean(r["ssim"][:, i]),
+            "spearman_last": float(r["spearman"][-1, i]),
+            "ssim_last": float(r["ssim"][-1, i]),
+        }
+        for i in range(n)
+    ]
+
+
+def _extra_columns(flat: dict, mnp: np.ndarray, extra_gt: dict, has_gt: bool, docs: dict[str, str]) -> dict:
+    """The relevance mass on each extra mask (the watermark), beside the mass on the object."""
+    for k, mk in extra_gt.items():
+        col = f"mass_{k}"
+        flat[col] = [M.relevance_mass_accuracy(np.clip(mnp[i], 0, None), mk[i]) for i in range(len(mnp))]
+        docs[col] = EXTRA_COLUMN_DOCS.get(
+            k, f"share of the positive relevance on the {k} (relevance mass accuracy with the {k} as ground truth)"
+        )
+    if extra_gt and has_gt:
+        flat["mass_object"] = flat.get("relevance_mass_accuracy")
+        flat.pop("relevance_mass_accuracy", None)
+        docs["mass_object"] = "share of the positive relevance on the object (relevance_mass_accuracy)"
+        flat = {k: v for k, v in flat.items() if v is not None}
+    return flat
+
+
+class _Bench:
+    """What the methods' runs fill in: the table, per-image values, figure maps and sanity curves."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, dict[str, list[float]]] = {}
+        self.per_image: dict[str, dict] = {}
+        self.maps_fig: dict[str, np.ndarray] = {}
+        self.curves: dict[str, dict] = {}
+        self.extra_cols: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+
+
+def _run_method(bench: _Bench, ctx: dict, label: str, name: str, params: dict) -> None:
+    """One method: its metric values (and cascading randomisation) into ``bench``; a failure is skipped."""
+    model, x, targets, args = ctx["model"], ctx["x"], ctx["targets"], ctx["args"]
+    try:
+        vals, maps = evaluate_method(model, x, targets, name, params, ctx["calls"], ctx["gt"], Progress())
+        mnp = to_numpy(maps)
+        if ctx["randomise"] is not None:
+            sp = ctx["randomise"]
+            r = cascading_randomisation(
+                model, x, targets, map_fn(name, params), maps, sp.get("layers"), sp.get("seed", 42)
+            )
+            bench.curves[label] = r
+            vals["model_randomisation"] = _randomisation_values(r, x.shape[0])
+    except (ExplainError, RuntimeError, ValueError) as e:
+        bench.skipped[label] = f"failed: {getattr(e, 'detail', None) or e}"
+        print(f"    skipped: {bench.skipped[label]}", file=sys.stderr)
+        return
+    flat = _extra_columns(flatten(vals), mnp, ctx["extra_gt"], ctx["gt"] is not None, bench.extra_cols)
+    bench.table[label] = flat
+    bench.per_image[label] = {k: [_clean(float(v)) for v in vs] for k, vs in flat.items()}
+    bench.maps_fig[label] = mnp[: args.figure_rows]
+
+
+def _write(args: argparse.Namespace, ctx: dict, bench: _Bench, data: dict, notes: dict) -> str:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {
+        "model": ctx["model"].name,
+        "images": args.images,
+        "n": ctx["x"].shape[0],
+        "target": args.target,
+        "command": "python -m workers.evaluation.report " + " ".join(args.argv),
+        "device": str(ctx["model"].device),
+        "threads": args.threads,
+        "notes": notes,
+        "extra_columns": bench.extra_cols,
+    }
+    report = write_report(out, header, bench.table, bench.skipped)
+    results = {
+        "header": header,
+        "images": data["names"],
+        "targets": ctx["targets"].tolist(),
+        "per_image": bench.per_image,
+        "skipped": bench.skipped,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    if not args.no_figures and bench.table:
+        figure_maps(out / "maps.png", data["images"], bench.maps_fig, args.figure_rows)
+        figure_metrics(out / "metrics.png", bench.table)
+        if bench.curves:
+            figure_sanity(out / "sanity.png", bench.curves)
+    return report
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    model, data, x = _load(args)
+    gt, extra_gt = _ground_truth(model, data)
+    with torch.no_grad():
+        pred = model.module(x).argmax(1).cpu()
+    targets = pred if args.target == "predicted" else torch.as_tensor(data["labels"], dtype=torch.long)
+    notes = _notes(args, model, data, pred, x.shape[0])
+    bench = _Bench()
+    methods = _parse_methods(args.methods)
+    if methods is None:
+        names, bench.skipped = default_methods(model)
+        methods = [(k, {}) for k in names if k not in (args.exclude or [])]
+    metric_names = _metric_names(args, gt is not None, notes)
+    mparams = {**BENCH_METRIC_PARAMS, **(json.loads(args.metric_params) if args.metric_params else {})}
+    ctx = {
+        "args": args,
+        "model": model,
+        "x": x,
+        "targets": targets,
+        "gt": gt,
+        "extra_gt": extra_gt,
+        "calls": [(m, mparams.get(m, {})) for m in metric_names if m != "model_randomisation"],
+        "randomise": mparams.get("model_randomisation", {}) if "model_randomisation" in metric_names else None,
+    }
     t_all = time.perf_counter()
     for j, (name, params) in enumerate(methods):
         label = name if not params else f"{name} {json.dumps(params, sort_keys=True)}"
         t0 = time.perf_counter()
         print(f"[{j + 1}/{len(methods)}] {label} ...", file=sys.stderr, flush=True)
-        try:
-            vals, maps = evaluate_method(model, x, targets, name, params, calls, gt, Progress())
-            mnp = to_numpy(maps)
-            if "model_randomisation" in metric_names:
-                r = cascading_randomisation(
-                    model,
-                    x,
-                    targets,
-                    map_fn(name, params),
-                    maps,
-                    sanity_params.get("layers"),
-                    sanity_params.get("seed", 42),
-                )
-                curves[label] = r
-                vals["model_randomisation"] = [
-                    {
-                        "spearman": float(np.nanmean(r["spearman"][:, i]))
-                        if np.isfinite(r["spearman"][:, i]).any()
-                        else math.nan,
-                        "ssim": float(np.nanmean(r["ssim"][:, i])) if np.isfinite(r["ssim"][:, i]).any() else math.nan,
-                        "spearman_last": float(r["spearman"][-1, i]),
-                        "ssim_last": float(r["ssim"][-1, i]),
-                    }
-                    for i in range(n)
-                ]
-        except (ExplainError, RuntimeError, ValueError) as e:
-            skipped[label] = f"failed: {getattr(e, 'detail', None) or e}"
-            print(f"    skipped: {skipped[label]}", file=sys.stderr)
-            continue
-        flat = flatten(vals)
-        for k, mk in extra_gt.items():
-            col = f"mass_{k}"
-            flat[col] = [M.relevance_mass_accuracy(np.clip(mnp[i], 0, None), mk[i]) for i in range(n)]
-            extra_cols[col] = EXTRA_COLUMN_DOCS.get(
-                k, f"share of the positive relevance on the {k} (relevance mass accuracy with the {k} as ground truth)"
-            )
-        if extra_gt and gt is not None:
-            flat["mass_object"] = flat.get("relevance_mass_accuracy")
-            flat.pop("relevance_mass_accuracy", None)
-            extra_cols["mass_object"] = "share of the positive relevance on the object (relevance_mass_accuracy)"
-            flat = {k: v for k, v in flat.items() if v is not None}
-        table[label] = flat
-        per_image[label] = {k: [_clean(float(v)) for v in vs] for k, vs in flat.items()}
-        maps_fig[label] = mnp[: args.figure_rows]
-        print(f"    {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    header = {
-        "model": model.name,
-        "images": args.images,
-        "n": n,
-        "target": args.target,
-        "command": "python -m workers.evaluation.report " + " ".join(args.argv),
-        "device": str(model.device),
-        "threads": args.threads,
-        "notes": notes,
-        "extra_columns": extra_cols,
-    }
-    report = write_report(out, header, table, skipped)
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "header": header,
-                "images": data["names"],
-                "targets": targets.tolist(),
-                "per_image": per_image,
-                "skipped": skipped,
-            },
-            indent=1,
-        )
-    )
-    if not args.no_figures and table:
-        figure_maps(out / "maps.png", data["images"], maps_fig, args.figure_rows)
-        figure_metrics(out / "metrics.png", table)
-        if curves:
-            figure_sanity(out / "sanity.png", curves)
-    print(f"wrote {out} ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr)
-    return {"report": report, "table": table, "skipped": skipped, "out": out}
+        _run_method(bench, ctx, label, name, params)
+        if label in bench.table:
+            print(f"    {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    report = _write(args, ctx, bench, data, notes)
+    print(f"wrote {Path(args.out)} ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr)
+    return {"report": report, "table": bench.table, "skipped": bench.skipped, "out": Path(args.out)}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ import torch
 from workers.errors import MethodError
 from workers.evaluation.common import MapFn, batched_maps, clamp_input, pixel_scale, predict, to_numpy
 from workers.evaluation.metrics import cc, dice
+from workers.explain import IMPLEMENTATIONS, attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.perturb_utils import log_odds
 from workers.models.loading import LoadedModel
@@ -80,8 +81,6 @@ def adversarial_copy(
 ) -> torch.Tensor:
     """x' for ``attack`` (fgsm | deepfool): the library's ``adversarial`` method when registered
     (x' = x + its map), else the local implementation."""
-    from workers.explain import IMPLEMENTATIONS, attribute
-
     if attack == "fgsm":
         p = {"attack": "fgsm", "epsilon": params.get("epsilon", 4 / 255)}
     elif attack == "deepfool":

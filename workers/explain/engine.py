@@ -14,8 +14,8 @@ forward/backward, usually through a ``torch.autograd.Function``::
         logits = net(x)          # every ReLU call now uses the guided backward
 
 Kinds group the spellings of one operation (``F.relu``, ``torch.relu``,
-``Tensor.relu``, in-place variants...). ``call_index`` counts calls per kind,
-so rules that pair two passes (DeepLIFT's reference pass) can match calls.
+``Tensor.relu``, in-place variants...). The rules themselves live in
+:mod:`workers.explain.rules` (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def register_kind(kind: str, functions: dict[Callable, bool]) -> None:
 
 
 class Rule:
-    """Replaces one call. ``call(func, args, kwargs, index)`` must return what ``func`` would."""
+    """Replaces one call. ``call(func, args, kwargs)`` must return what ``func`` would."""
 
-    def call(self, func: Callable, args: tuple, kwargs: dict, index: int) -> Any:  # pragma: no cover - interface
+    def call(self, func: Callable, args: tuple, kwargs: dict) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -74,21 +74,16 @@ class RuleMode(TorchFunctionMode):
 
     def __init__(self, rules: dict[str, Rule]):
         super().__init__()
-        self.rules = rules
-        self._dispatch: dict[Callable, tuple[str, Rule]] = {}
+        self._dispatch: dict[Callable, Rule] = {}
         for kind, rule in rules.items():
             if kind not in FUNCTION_KINDS:
                 raise KeyError(f"no function kind {kind!r}; known: {sorted(FUNCTION_KINDS)}")
             for fn in FUNCTION_KINDS[kind]:
-                self._dispatch[fn] = (kind, rule)
-        self.calls: dict[str, int] = {k: 0 for k in rules}
+                self._dispatch[fn] = rule
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        hit = self._dispatch.get(func)
-        if hit is None:
+        rule = self._dispatch.get(func)
+        if rule is None:
             return func(*args, **kwargs)
-        kind, rule = hit
-        index = self.calls[kind]
-        self.calls[kind] = index + 1
-        return rule.call(func, args, kwargs, index)
+        return rule.call(func, args, kwargs)

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
+from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register
+from workers.models import WEIGHTS_DIR
+from workers.models.generators import fingerprint, generators_path, load_generators
 from workers.models.loading import LoadedModel
 
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
 
 def _path(model: LoadedModel) -> Path:
-    from workers.models import WEIGHTS_DIR
-    from workers.models.generators import generators_path
-
     explicit = getattr(model.entry, "generators", None)
     if explicit:
         p = Path(explicit)
@@ -42,8 +42,6 @@ def _load(model: LoadedModel):
     per_module = _CACHE.setdefault(model.module, {})
     if str(path) in per_module:
         return per_module[str(path)]
-    from workers.models.generators import fingerprint, load_generators
-
     if model.num_classes != 2:
         res = (None, f"needs a binary classifier (model has {model.num_classes} classes)")
     elif not path.exists():
@@ -80,8 +78,6 @@ def applicable(model: LoadedModel) -> str | None:
 def adversarial_generators(ctx: Context) -> Attribution:
     pair, meta = _load(ctx.model)
     if pair is None:  # attribute() checks first; direct callers get the reason too
-        from workers.errors import MethodError
-
         raise MethodError(f"adversarial_generators: {meta}")
     lo, hi = ctx.model.input_bounds()
     x = ctx.x.detach()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skimage.segmentation import quickshift, slic
 
 from workers.explain.base import Attribution, Context, register
 from workers.explain.perturb_utils import batch_for, fill_image, generator, log_odds, seed_of, softmax_saturated
@@ -40,8 +41,6 @@ def lime_score(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch
 
 def segment(model, x: torch.Tensor, method: str, segments: int) -> np.ndarray:
     """(C, H, W) normalised image -> int64 (H, W) superpixel labels 0..K-1."""
-    from skimage.segmentation import quickshift, slic
-
     m, s = model.mean_std()
     img = (x[None] * s + m)[0].clamp(0, 1).permute(1, 2, 0).cpu().double().numpy()
     if method == "slic":

@@ -49,90 +49,86 @@ def default_sigma(h: int, w: int) -> float:
     return 10.0 * max(h, w) / 224.0
 
 
-@register("meaningful_perturbation")
-def meaningful_perturbation(ctx: Context) -> Attribution:
-    p = ctx.params
-    net, x, t = ctx.net, ctx.x.detach(), ctx.targets
-    n, c, h, w = x.shape
-    sigma = p.blur_sigma if p.blur_sigma is not None else default_sigma(h, w)
-    blurred = gaussian_blur(x, sigma)
+class _Objective:
+    """The loss of one Adam step over the mask parameters theta (N, 1, mh, mw), both variants."""
+
+    def __init__(self, ctx: Context, blurred: torch.Tensor, s0: torch.Tensor):
+        p, x = ctx.params, ctx.x.detach()
+        h, w = x.shape[-2:]
+        self.ctx, self.p, self.x, self.blurred = ctx, p, x, blurred
+        self.extremal = p.variant == "extremal"
+        k_keep = int(round(p.area * h * w))
+        self.ref = torch.zeros(h * w, dtype=x.dtype, device=x.device)
+        if k_keep > 0:
+            self.ref[-k_keep:] = 1.0
+        self.s_q = math.log(p.drop_to / (1 - p.drop_to))
+        self.active = s0 > self.s_q  # otherwise the target is already below drop_to: nothing to delete (f = 0)
+        self.span = torch.where(self.active, s0 - self.s_q, torch.ones_like(s0))
+        self.g = generator(p.seed)
+        self.noise_scale = NOISE / ctx.model.mean_std()[1]
+
+    def mask(self, theta: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(theta, size=tuple(self.x.shape[-2:]), mode="bilinear", align_corners=False)
+
+    def __call__(self, theta: torch.Tensor, it: int) -> torch.Tensor:
+        p, net, t = self.p, self.ctx.net, self.ctx.targets
+        m = self.mask(theta)
+        xm = self.x * m + self.blurred * (1 - m)
+        if self.extremal:
+            score = target_scores(net(xm), t)
+            area = ((m.flatten(1).sort(dim=1).values - self.ref) ** 2).mean(1)
+            # the constraint's weight ramps up (as TorchRay's growing regulariser): first the
+            # score shapes the mask, then the area is enforced
+            lam = AREA_WEIGHT * min(1.0, (it + 1) / (0.5 * p.iterations))
+            return (-score + lam * area).sum()
+        noise = torch.randn(xm.shape, generator=self.g, dtype=self.x.dtype).to(self.x.device) * self.noise_scale
+        z = net(xm + noise)
+        if p.score == "probability":
+            f = torch.softmax(z, 1).gather(1, t.view(-1, 1)).squeeze(1)
+        else:
+            f = torch.where(
+                self.active, (log_odds(z, t).clamp_min(self.s_q) - self.s_q) / self.span, torch.zeros_like(self.span)
+            )
+        return (p.l1_coeff * (1 - theta).abs().flatten(1).mean(1) + p.tv_coeff * tv_norm(theta, p.tv_beta) + f).sum()
+
+
+def _optimise(ctx: Context, objective: _Objective) -> torch.Tensor:
+    """Adam on theta, clamped to [0, 1] after every step; returns theta."""
+    p, x = ctx.params, objective.x
+    n, _, h, w = x.shape
     mh, mw = max(1, -(-h // p.mask_scale)), max(1, -(-w // p.mask_scale))
-    extremal = p.variant == "extremal"
-    theta = torch.full((n, 1, mh, mw), 0.5 if extremal else 1.0, dtype=x.dtype, device=x.device)
+    theta = torch.full((n, 1, mh, mw), 0.5 if objective.extremal else 1.0, dtype=x.dtype, device=x.device)
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=p.learning_rate)
-    g = generator(p.seed)
-    _, std = ctx.model.mean_std()
-    k_keep = int(round(p.area * h * w))
-    ref = torch.zeros(h * w, dtype=x.dtype, device=x.device)
-    if k_keep > 0:
-        ref[-k_keep:] = 1.0
-    with torch.no_grad():
-        logits0 = net(x)
-        s0 = log_odds(logits0.float(), t)
-    s_q = math.log(p.drop_to / (1 - p.drop_to))
-    active = s0 > s_q  # otherwise the target is already below drop_to: nothing to delete (f = 0)
-    span = torch.where(active, s0 - s_q, torch.ones_like(s0))
     with torch.enable_grad():
         for it in range(p.iterations):
             if it % 10 == 0:
                 ctx.progress(it / p.iterations)
-            m = F.interpolate(theta, size=(h, w), mode="bilinear", align_corners=False)
-            xm = x * m + blurred * (1 - m)
-            if extremal:
-                score = target_scores(net(xm), t)
-                area = ((m.flatten(1).sort(dim=1).values - ref) ** 2).mean(1)
-                # the constraint's weight ramps up (as TorchRay's growing regulariser): first the
-                # score shapes the mask, then the area is enforced
-                lam = AREA_WEIGHT * min(1.0, (it + 1) / (0.5 * p.iterations))
-                loss = (-score + lam * area).sum()
-            else:
-                noise = torch.randn(xm.shape, generator=g, dtype=x.dtype).to(x.device) * (NOISE / std)
-                z = net(xm + noise)
-                if p.score == "probability":
-                    f = torch.softmax(z, 1).gather(1, t.view(-1, 1)).squeeze(1)
-                else:
-                    f = torch.where(active, (log_odds(z, t).clamp_min(s_q) - s_q) / span, torch.zeros_like(span))
-                loss = (
-                    p.l1_coeff * (1 - theta).abs().flatten(1).mean(1) + p.tv_coeff * tv_norm(theta, p.tv_beta) + f
-                ).sum()
+            loss = objective(theta, it)
             opt.zero_grad()
             loss.backward()
             opt.step()
             with torch.no_grad():
                 theta.clamp_(0, 1)
-    with torch.no_grad():
-        m = F.interpolate(theta.detach(), size=(h, w), mode="bilinear", align_corners=False)
-        xm = x * m + blurred * (1 - m)
-        zm = net(xm).float()
-        pm = torch.softmax(zm, 1).gather(1, t.view(-1, 1)).squeeze(1)
-        p0 = torch.softmax(logits0.float(), 1).gather(1, t.view(-1, 1)).squeeze(1)
-        sm = log_odds(zm, t)
-        sat = softmax_saturated(logits0, t)
-    ctx.progress(1.0)
-    rel = m if extremal else 1 - m
-    meta = []
-    for i in range(n):
-        mi = {
-            "target_probability": float(p0[i]),
-            "perturbed_target_probability": float(pm[i]),
-            "target_log_odds": float(s0[i]),
-            "perturbed_target_log_odds": float(sm[i]),
-            "kept_fraction": float(m[i].mean()),
-        }
-        if p.score == "probability" and bool(sat[i]) and not extremal:
-            # the probability's gradient is 0 (or noise-level: Adam still moves the mask a little)
-            mi["warning"] = (
-                "the target's softmax probability is exactly 0 or 1 in float32 (saturated): the "
-                "probability objective has no gradient and the map is (near) zero and meaningless; "
-                "use score=log_odds"
-            )
-        elif not bool((rel[i] != 0).any()):
-            if not extremal and p.score == "log_odds" and float(p0[i]) <= p.drop_to:
-                mi["warning"] = "zero map: the target's probability is already at most drop_to, nothing to delete"
-            else:
-                mi["warning"] = "zero map: the mask did not move"
-        meta.append(mi)
+    return theta.detach()
+
+
+def _warning(p, extremal: bool, saturated: bool, zero: bool, p0: float) -> str | None:
+    if p.score == "probability" and saturated and not extremal:
+        # the probability's gradient is 0 (or noise-level: Adam still moves the mask a little)
+        return (
+            "the target's softmax probability is exactly 0 or 1 in float32 (saturated): the "
+            "probability objective has no gradient and the map is (near) zero and meaningless; "
+            "use score=log_odds"
+        )
+    if zero:
+        if not extremal and p.score == "log_odds" and p0 <= p.drop_to:
+            return "zero map: the target's probability is already at most drop_to, nothing to delete"
+        return "zero map: the mask did not move"
+    return None
+
+
+def _used(p, sigma: float, extremal: bool) -> dict:
     used = {
         "variant": p.variant,
         "iterations": p.iterations,
@@ -147,4 +143,41 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
         used.update(score=p.score, l1_coeff=p.l1_coeff, tv_coeff=p.tv_coeff, tv_beta=p.tv_beta)
         if p.score == "log_odds":
             used["drop_to"] = p.drop_to
-    return Attribution(rel.clone(), used_params=used, meta=meta)
+    return used
+
+
+@register("meaningful_perturbation")
+def meaningful_perturbation(ctx: Context) -> Attribution:
+    p = ctx.params
+    net, x, t = ctx.net, ctx.x.detach(), ctx.targets
+    h, w = x.shape[-2:]
+    sigma = p.blur_sigma if p.blur_sigma is not None else default_sigma(h, w)
+    blurred = gaussian_blur(x, sigma)
+    with torch.no_grad():
+        logits0 = net(x)
+        s0 = log_odds(logits0.float(), t)
+    objective = _Objective(ctx, blurred, s0)
+    theta = _optimise(ctx, objective)
+    with torch.no_grad():
+        m = objective.mask(theta)
+        zm = net(x * m + blurred * (1 - m)).float()
+        pm = torch.softmax(zm, 1).gather(1, t.view(-1, 1)).squeeze(1)
+        p0 = torch.softmax(logits0.float(), 1).gather(1, t.view(-1, 1)).squeeze(1)
+        sm = log_odds(zm, t)
+        sat = softmax_saturated(logits0, t)
+    ctx.progress(1.0)
+    rel = m if objective.extremal else 1 - m
+    meta = []
+    for i in range(x.shape[0]):
+        mi = {
+            "target_probability": float(p0[i]),
+            "perturbed_target_probability": float(pm[i]),
+            "target_log_odds": float(s0[i]),
+            "perturbed_target_log_odds": float(sm[i]),
+            "kept_fraction": float(m[i].mean()),
+        }
+        warning = _warning(p, objective.extremal, bool(sat[i]), not bool((rel[i] != 0).any()), float(p0[i]))
+        if warning:
+            mi["warning"] = warning
+        meta.append(mi)
+    return Attribution(rel.clone(), used_params=_used(p, sigma, objective.extremal), meta=meta)

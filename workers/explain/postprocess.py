@@ -1,5 +1,5 @@
 """From a method's raw relevance to the client's map: reduce over channels,
-resize to the client's image size, normalise (DESIGN.md §3)."""
+resize to the client's image size, normalise (see docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ class LinearLayerRule(Rule):
         self.used: list[str] = []
         self.pending: dict[int, torch.Tensor] = {}  # id(bn running_mean) -> the output it must receive
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         conv = func is torch.conv2d
         a, w, b, f = bind_linear(func, args, kwargs, CONV_ARGS if conv else LINEAR_ARGS)
         fold = self.analysis.folds.get(id(w))
@@ -104,7 +104,7 @@ class BatchNormRule(Rule):
         self.bias = bias
         self.rule = Epsilon(STABILIZER, bias)
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         x = call_arg(args, kwargs, 0, "input")
         rm = call_arg(args, kwargs, 1, "running_mean")
         if id(rm) in self.layers.analysis.folded_bn:
@@ -124,7 +124,7 @@ class AddRule(Rule):
         self.bias = bias
         self.eps = eps
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         inplace = func in (torch.Tensor.add_, torch.Tensor.__iadd__)
         a = call_arg(args, kwargs, 0, "input")
         other = call_arg(args, kwargs, 1, "other")
@@ -149,7 +149,7 @@ class PoolRule(Rule):
     def __init__(self, eps: float = STABILIZER):
         self.eps = eps
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         x = call_arg(args, kwargs, 0, "input")
         rest, kw = args[1:], {k: v for k, v in kwargs.items() if k != "input"}
         return NormFunction.apply(lambda p: func(p, *rest, **kw), self.eps, x)

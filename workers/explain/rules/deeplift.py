@@ -85,7 +85,7 @@ class RescaleReLURule(Rule):
     def __init__(self, n: int):
         self.n = n
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         rect = parse_rectifier(func, args, kwargs)
         return finish_inplace(rect.x, _RescaleReLU.apply(rect.x, self.n), rect.inplace)
 
@@ -95,7 +95,7 @@ class RescaleMaxPoolRule(Rule):
         self.n = n
         self.rc = reveal_cancel
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         y = call_arg(args, kwargs, 0, "input")
         pool = _pool_args(func, args, kwargs)
         if self.rc:
@@ -194,7 +194,7 @@ class RCLinearRule(Rule):
     def __init__(self, n: int, spec):
         self.n, self.spec = n, spec
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         a, w, b, f = bind_linear(func, args, kwargs, self.spec)
         return _RCLinear.apply(a, self.n, f, w, b)
 
@@ -203,7 +203,7 @@ class RCBatchNormRule(Rule):
     def __init__(self, n: int):
         self.n = n
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         x, scale, shift, f = bind_batch_norm(args, kwargs)
         return _RCLinear.apply(x, self.n, f, scale, shift)
 
@@ -211,7 +211,7 @@ class RCBatchNormRule(Rule):
 class CastRule(Rule):
     """conv2d / linear / batch_norm in the pass's precision: parameters cast to the input's dtype."""
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         x = call_arg(args, kwargs, 0, "input")
 
         def cast(v):
@@ -226,7 +226,7 @@ class RCAddRule(Rule):
     """Additions of two path tensors are linear with no offset (D+ and D- add up); an
     added constant would need to stay out of D+/D-, which is not supported."""
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         ts = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         if len(ts) != 2 or not all(t.requires_grad for t in ts) or kwargs.get("alpha", 1) != 1:
             raise MethodError(
@@ -240,6 +240,6 @@ class RCReLURule(Rule):
     def __init__(self, n: int):
         self.n = n
 
-    def call(self, func, args, kwargs, index):
+    def call(self, func, args, kwargs):
         rect = parse_rectifier(func, args, kwargs)
         return finish_inplace(rect.x, _RCReLU.apply(rect.x, self.n), rect.inplace)

@@ -159,7 +159,7 @@ class RectifierRule(Rule):
     def __init__(self, mode):
         self.mode = mode
 
-    def call(self, func: Callable, args: tuple, kwargs: dict, index: int):
+    def call(self, func: Callable, args: tuple, kwargs: dict):
         rect = parse_rectifier(func, args, kwargs)
         if rect is None:
             return func(*args, **kwargs)
