@@ -1,4 +1,4 @@
-"""Model-registry configuration (docs/architecture.md, "Where each fact lives"): one YAML file names the models a worker loads."""
+"""Model-registry configuration: one YAML file names the models a worker loads (docs/architecture.md)."""
 
 from __future__ import annotations
 
