@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+import workers.evaluation.faithfulness as faithfulness
+import workers.evaluation.metrics as M
+import workers.evaluation.robustness as robustness
+import workers.evaluation.sanity as sanity
 from schemas.metrics import COMPARE_METRICS, METRICS, parse_metric_params
 from workers.errors import MethodError
-from workers.evaluation import faithfulness, robustness, sanity
-from workers.evaluation import metrics as M
 from workers.evaluation.common import map_fn, predict, reduce_map, to_numpy
 from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
