@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.methods import CATALOG
+from schemas.methods import default_reduce
 from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.postprocess import reduce_channels
@@ -20,11 +20,12 @@ from workers.models.loading import LoadedModel
 MapFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def reduce_map(method: str, maps: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) raw relevance -> (N, H, W) with the method's default reduction,
+def reduce_map(method: str, maps: torch.Tensor, params: Any = None) -> torch.Tensor:
+    """(N, C, H, W) raw relevance -> (N, H, W) with the method's default reduction
+    (``schemas.methods.default_reduce``, as the service: SmoothGrad reduces like its base),
     the same map the service renders before normalisation."""
-    how = CATALOG[method].default_reduce
-    if how in ("single", "none"):
+    how = default_reduce(method, params)
+    if how == "none":
         how = "max_abs"
     return reduce_channels(maps.detach().float(), how)[:, 0]
 
@@ -33,7 +34,7 @@ def map_fn(method: str, params: dict[str, Any] | None = None) -> MapFn:
     """A function computing ``method``'s evaluation maps on any (model, x, targets)."""
 
     def fn(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, progress: Progress = NO_PROGRESS):
-        return reduce_map(method, attribute(model, x, targets, method, params, progress=progress).maps)
+        return reduce_map(method, attribute(model, x, targets, method, params, progress=progress).maps, params)
 
     return fn
 

@@ -171,7 +171,7 @@ def evaluate_method(
     t0 = time.perf_counter()
     att = attribute(model, x, targets, method, method_params, progress=progress.sub(0, share))
     elapsed_ms = (time.perf_counter() - t0) * 1000 / n
-    maps = reduce_map(method, att.maps)
+    maps = reduce_map(method, att.maps, method_params)
     mnp = to_numpy(maps)
     out: dict[str, list] = {}
     done = 0
@@ -280,7 +280,7 @@ def compare_methods(
     maps = []
     for call in (method_a, method_b):
         ((name, params),) = _calls([call])
-        maps.append(reduce_map(name, attribute(model, x[:1], t, name, params).maps)[0])
+        maps.append(reduce_map(name, attribute(model, x[:1], t, name, params).maps, params)[0])
     return compare(maps[0], maps[1], metrics)
 
 
