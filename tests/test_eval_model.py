@@ -21,7 +21,7 @@ from workers.evaluation import (
     robustness,
     sanity,
 )
-from workers.evaluation.common import map_fn
+from workers.evaluation.common import map_fn, reduce_map
 from workers.models.loading import load_model
 from workers.models.shapes_cnn import ShapesCNN
 
@@ -129,6 +129,17 @@ def test_randomisation_of_a_model_independent_map():
     np.testing.assert_allclose(r["ssim"], 1.0, atol=1e-12)
     r = sanity.cascading_randomisation(m, x, torch.tensor([0]), map_fn("gradcam"), layers=2)
     assert len(r["layers"]) == 2
+
+
+def test_evaluation_reduces_like_the_service():
+    """The map a metric scores is the one the service renders: SmoothGrad over integrated gradients
+    sums the channels (as integrated gradients does), SmoothGrad over saliency takes max |.|."""
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 3, 4, 5, generator=g)
+    torch.testing.assert_close(reduce_map("smoothgrad", maps, {"base": "integrated_gradients"}), maps.sum(1))
+    torch.testing.assert_close(reduce_map("integrated_gradients", maps), maps.sum(1))
+    torch.testing.assert_close(reduce_map("smoothgrad", maps, {"base": "saliency"}), maps.abs().amax(1))
+    torch.testing.assert_close(reduce_map("smoothgrad", maps), maps.abs().amax(1))
 
 
 def test_catalog_matches_implementations():

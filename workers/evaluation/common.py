@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.methods import default_reduce
+from schemas.methods import Params, default_reduce
 from workers.explain import attribute
 from workers.explain.base import NO_PROGRESS, Progress
 from workers.explain.postprocess import reduce_channels
@@ -20,7 +20,7 @@ from workers.models.loading import LoadedModel
 MapFn = Callable[[LoadedModel, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def reduce_map(method: str, maps: torch.Tensor, params: Any = None) -> torch.Tensor:
+def reduce_map(method: str, maps: torch.Tensor, params: Params | dict[str, Any] | None = None) -> torch.Tensor:
     """(N, C, H, W) raw relevance -> (N, H, W) with the method's default reduction
     (``schemas.methods.default_reduce``, as the service: SmoothGrad reduces like its base),
     the same map the service renders before normalisation."""
