@@ -115,8 +115,8 @@ def _baseline_ref(m, x, name):
     std = np.array(m.entry.input.std).reshape(1, -1, 1, 1)
     if name == "white":
         b = (1 - mean) / std * np.ones(x.shape)
-    elif name == "blur":  # sigma 2 px, replicate border ('nearest'), radius 3 sigma
-        b = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, 2, 2), mode="nearest", truncate=3.0)
+    elif name == "blur":  # sigma 2 px, reflect border (scipy's 'mirror'), radius 3 sigma
+        b = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, 2, 2), mode="mirror", truncate=3.0)
     elif name == "uniform":  # pixel U(0,1) from a generator seeded 7, one draw shared by the batch
         u = torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(7)).numpy()[None]
         b = (u - mean) / std * np.ones(x.shape)

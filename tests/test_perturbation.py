@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.nn as nn
 from pydantic import ValidationError
+from scipy import ndimage
 
 from schemas.methods import CATALOG, parse_params
 from schemas.registry import ModelEntry
 from workers.errors import Cancelled
 from workers.explain import IMPLEMENTATIONS, applicability, attribute
 from workers.explain.base import Progress
+from workers.explain.baselines import gaussian_blur
 from workers.models.loading import load_model
 from workers.models.shapes_cnn import ShapesCNN
 from workers.training.shapes import generate, to_tensor
@@ -85,6 +87,20 @@ def test_occlusion_matches_captum(seeded, window, stride, fill):
     for c in range(3):  # Captum repeats the value over the channels the window covers
         err = (a[:, 0] - ref[:, c]).abs().max() / (ref.max() - ref.min())
         assert err <= 1e-5, err
+
+
+def test_the_one_blur_matches_scipy():
+    """The blur of every baseline and fill: scipy's Gaussian filter with mirror borders (torch's
+    reflect) and a kernel cut at 3 sigma; a constant image stays constant, also when the kernel is
+    longer than the image."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 20, 17, generator=g, dtype=torch.float64)
+    for sigma in (1.0, 2.0, 3.0):
+        want = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+        np.testing.assert_allclose(gaussian_blur(x, sigma).numpy(), want, atol=1e-12)
+    c = torch.full((1, 1, 5, 4), 0.7, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_blur(c, 10.0), c)
+    assert gaussian_blur(x, 0.0) is x
 
 
 def test_occlusion_hand_computed():

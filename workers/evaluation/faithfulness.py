@@ -6,7 +6,8 @@
   steps; the target's score (softmax probability by default) is recorded after each step and
   the area under that curve over the removed/inserted fraction [0, 1] (trapezoid rule) is the
   metric. A removed pixel takes the value of a constant image or of a Gaussian-blurred copy
-  (RISE: deletion to a constant, insertion into a blurred canvas). All channels of a pixel move
+  (:func:`workers.explain.baselines.gaussian_blur`; RISE: deletion to a constant, insertion into
+  a blurred canvas). All channels of a pixel move
   together; the perturbed images go through the network in batches.
 - :func:`faithfulness_correlation` — Bhatt, Weller, Moura, "Evaluating and aggregating
   feature-based model explanations", IJCAI 2020, §3.2: for ``runs`` random subsets S of
@@ -21,24 +22,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from workers.evaluation.common import scores
 from workers.evaluation.metrics import cc
 from workers.explain.base import NO_PROGRESS, Progress
+from workers.explain.baselines import gaussian_blur
 from workers.models.loading import LoadedModel
-
-
-def blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of each channel (sigma in pixels, truncated at 4 sigma, reflected border)."""
-    a = x.detach().cpu().double().numpy()
-    b = ndimage.gaussian_filter(a, sigma=(0, 0, sigma, sigma), mode="reflect")
-    return torch.from_numpy(b).to(x.dtype).to(x.device)
 
 
 def _fill_image(model: LoadedModel, x: torch.Tensor, fill: str, value: float, sigma: float) -> torch.Tensor:
     if fill == "blur":
-        return blurred(x, sigma)
+        return gaussian_blur(x, sigma)
     return model.pixel_to_input(value).to(x.dtype).expand_as(x).clone()
 
 

@@ -33,13 +33,11 @@ Both rules satisfy summation-to-delta (Eq. 19) exactly up to float rounding:
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register
+from workers.explain.baselines import gaussian_blur
 from workers.explain.canonize import COVERED, CheckedRuleMode, family_check
 from workers.explain.engine import Rule
 from workers.explain.rules.deeplift import (
@@ -136,19 +134,6 @@ def deeplift(
 
 
 # ---- references --------------------------------------------------------------------------------------
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel (kernel radius ceil(3 sigma), replicate padding)."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (r, r, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def reference_input(

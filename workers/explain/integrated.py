@@ -10,10 +10,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from workers.errors import ExplainError, MethodError
 from workers.explain.base import Attribution, Context, input_gradient, register, target_scores
+from workers.explain.baselines import gaussian_blur
 
 
 def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -41,21 +41,6 @@ def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
         x, w = np.polynomial.legendre.leggauss(n)
         return 0.5 * (1.0 + x), 0.5 * w
     raise ValueError(f"unknown integration rule {rule!r}")
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with replicate padding; radius ceil(3 sigma)
-    (at most the image size). Blurring commutes with the per-channel affine normalisation,
-    so blurring the normalised input equals normalising the blurred image."""
-    n, c, h, w = x.shape
-    r = max(1, min(int(math.ceil(3 * sigma)), max(h, w)))
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype).to(x.device)
-    y = F.pad(x, (r, r, r, r), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return y
 
 
 def make_baseline(ctx: Context, baseline: str, blur_sigma: float | None, seed: int) -> tuple[torch.Tensor, str]:

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.perturb_utils import gaussian_blur, generator, log_odds, seed_of, softmax_saturated
+from workers.explain.baselines import gaussian_blur
+from workers.explain.perturb_utils import generator, log_odds, seed_of, softmax_saturated
 
 AREA_WEIGHT = 300.0  # lambda of the extremal area constraint (TorchRay's default weight)
 NOISE = 0.05  # std of the stochastic perturbation, on the [0,1] pixel scale

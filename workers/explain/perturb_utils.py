@@ -1,13 +1,11 @@
-"""Helpers shared by the perturbation methods: fills on the pixel scale, Gaussian blur,
-batch sizes for many perturbed copies, seeds."""
+"""Helpers shared by the perturbation methods: fills on the pixel scale (the blur is
+:func:`workers.explain.baselines.gaussian_blur`), batch sizes for many perturbed copies, seeds."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
+from workers.explain.baselines import gaussian_blur
 from workers.models.loading import LoadedModel
 
 # elements (C*H*W) of perturbed images per forward pass: many small copies or a few large ones
@@ -28,32 +26,6 @@ def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Gen
     g = torch.Generator(device=device)
     g.manual_seed(seed_of(seed))
     return g
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W), reflect padding (kernel cut at 3 sigma)."""
-    if sigma <= 0:
-        return x
-    h, w = x.shape[-2:]
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    out = x
-    for dim, size in ((3, w), (2, h)):
-        r = min(radius, size - 1)
-        kk = k[radius - r : radius + r + 1]
-        kk = kk / kk.sum()
-        if r == 0:
-            continue
-        if dim == 3:
-            out = F.pad(out, (r, r, 0, 0), mode="reflect")
-            out = F.conv2d(out, kk.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        else:
-            out = F.pad(out, (0, 0, r, r), mode="reflect")
-            out = F.conv2d(out, kk.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return out
 
 
 def fill_image(model: LoadedModel, x: torch.Tensor, fill: str, blur_sigma: float | None = None) -> torch.Tensor:
