@@ -17,7 +17,8 @@ from scipy.ndimage import gaussian_filter
 
 from tests.structure_support import image_batch, max_rel_diff, model, wrap
 from workers.explain import attribute
-from workers.explain.deeplift import deeplift, reference_input
+from workers.explain.baselines import baseline
+from workers.explain.deeplift import deeplift
 
 SUMMATION_TOL = 1e-4
 
@@ -238,22 +239,25 @@ def test_baselines():
     m = model("resnet18", 64)
     x = image_batch(m, 2)
     mean, std = m.mean_std()
-    black, used = reference_input(m, x, "black")
-    assert torch.allclose(black, ((0 - mean) / std).expand_as(x)) and used == {"baseline": "black"}
-    white, _ = reference_input(m, x, "white")
+    black = baseline(m, x, "black")
+    assert torch.allclose(black, ((0 - mean) / std).expand_as(x))
+    white = baseline(m, x, "white")
     assert torch.allclose(white * std + mean, torch.ones_like(x), atol=1e-6)
-    u1, used = reference_input(m, x, "uniform", seed=3)
-    u2, _ = reference_input(m, x, "uniform", seed=3)
-    u3, _ = reference_input(m, x, "uniform", seed=4)
-    assert torch.equal(u1, u2) and not torch.equal(u1, u3) and used["seed"] == 3
+    u1, u2, u3 = (baseline(m, x, "uniform", seed=s) for s in (3, 3, 4))
+    assert torch.equal(u1, u2) and not torch.equal(u1, u3)
     assert torch.equal(u1[0], u1[1])  # one draw for the batch: a sample's map does not depend on its batch
     pix = u1 * std + mean
     assert pix.min() >= -1e-6 and pix.max() <= 1 + 1e-6
-    blur, used = reference_input(m, x, "blur", blur_sigma=2.0)
+    blur = baseline(m, x, "blur", blur_sigma=2.0)
     ref = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, 2.0, 2.0), mode="mirror", truncate=3.0)
-    assert np.abs(blur.numpy() - ref).max() < 1e-5 and used["blur_sigma"] == 2.0
-    _, used = reference_input(m, x, "blur")
-    assert used["blur_sigma"] == pytest.approx(6.4)
+    assert np.abs(blur.numpy() - ref).max() < 1e-5
+    used = {
+        b: attribute(m, x[:1], 3, "deeplift", {"baseline": b, "blur_sigma": 2.0, "seed": 3}).used_params
+        for b in ("black", "uniform", "blur")
+    }
+    assert used["black"] == {"rule": "rescale", "baseline": "black", "precision": "float64"}
+    assert used["uniform"]["seed"] == 3 and used["blur"]["blur_sigma"] == 2.0
+    assert attribute(m, x[:1], 3, "deeplift", {"baseline": "blur"}).used_params["blur_sigma"] == pytest.approx(6.4)
     a = attribute(m, x, 3, "deeplift", {"baseline": "uniform", "seed": 3})
     b = attribute(m, x[1:], 3, "deeplift", {"baseline": "uniform", "seed": 3})
     assert torch.allclose(a.maps[1:], b.maps, atol=1e-6)

@@ -168,6 +168,21 @@ def test_bad_baseline_image_is_a_422():
     assert e.value.status == 422 and "baseline" in e.value.detail
 
 
+def test_image_baseline_limit_is_the_callers_not_the_environment(monkeypatch):
+    """The image baseline is decoded under attribute()'s max_image_pixels (the worker passes its
+    setting); the explainer never reads WHITEBOX_MAX_IMAGE_PIXELS itself."""
+    m = get_model("demo")
+    p = {"baseline": _png(30, 40)[0], "steps": 2}
+    monkeypatch.setenv("WHITEBOX_MAX_IMAGE_PIXELS", "10")
+    assert attribute(m, batch(m), 0, "integrated_gradients", p).used_params["baseline"] == "image"
+    with pytest.raises(MethodError) as e:
+        attribute(m, batch(m), 0, "integrated_gradients", p, max_image_pixels=30 * 40 - 1)
+    assert e.value.status == 422 and "baseline image" in e.value.detail
+    smooth = {**p, "smoothgrad": {"samples": 2}}  # the limit reaches the noisy copies' calls too
+    with pytest.raises(MethodError):
+        attribute(m, batch(m), 0, "integrated_gradients", smooth, max_image_pixels=30 * 40 - 1)
+
+
 # ---- axioms and metadata ----------------------------------------------------------------------
 
 

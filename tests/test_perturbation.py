@@ -18,7 +18,7 @@ from schemas.registry import ModelEntry
 from workers.errors import Cancelled
 from workers.explain import IMPLEMENTATIONS, applicability, attribute
 from workers.explain.base import Progress
-from workers.explain.baselines import gaussian_blur
+from workers.explain.baselines import baseline, gaussian_blur
 from workers.models.loading import load_model
 from workers.models.shapes_cnn import ShapesCNN
 from workers.training.shapes import generate, to_tensor
@@ -71,11 +71,9 @@ def test_generators_not_applicable_without_weights(seeded):
 def test_occlusion_matches_captum(seeded, window, stride, fill):
     from captum.attr import Occlusion
 
-    from workers.explain.perturb_utils import fill_image
-
     m, x, t = seeded
     a = attribute(m, x, t, "occlusion", {"window": window, "stride": stride, "fill": fill}).maps
-    base = fill_image(m, x, fill, window / 2)
+    base = baseline(m, x, fill, blur_sigma=window / 2)
     ref = Occlusion(m.module).attribute(
         x,
         sliding_window_shapes=(3, window, window),

@@ -12,7 +12,7 @@ import torch
 
 from schemas.methods import Params, default_reduce
 from workers.explain import attribute
-from workers.explain.base import NO_PROGRESS, Progress
+from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, NO_PROGRESS, Progress
 from workers.explain.postprocess import reduce_channels
 from workers.models.loading import LoadedModel
 
@@ -30,11 +30,14 @@ def reduce_map(method: str, maps: torch.Tensor, params: Params | dict[str, Any] 
     return reduce_channels(maps.detach().float(), how)[:, 0]
 
 
-def map_fn(method: str, params: dict[str, Any] | None = None) -> MapFn:
+def map_fn(
+    method: str, params: dict[str, Any] | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> MapFn:
     """A function computing ``method``'s evaluation maps on any (model, x, targets)."""
 
     def fn(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, progress: Progress = NO_PROGRESS):
-        return reduce_map(method, attribute(model, x, targets, method, params, progress=progress).maps, params)
+        att = attribute(model, x, targets, method, params, progress=progress, max_image_pixels=max_image_pixels)
+        return reduce_map(method, att.maps, params)
 
     return fn
 

@@ -6,7 +6,7 @@
   steps; the target's score (softmax probability by default) is recorded after each step and
   the area under that curve over the removed/inserted fraction [0, 1] (trapezoid rule) is the
   metric. A removed pixel takes the value of a constant image or of a Gaussian-blurred copy
-  (:func:`workers.explain.baselines.gaussian_blur`; RISE: deletion to a constant, insertion into
+  (:func:`workers.explain.baselines.baseline`; RISE: deletion to a constant, insertion into
   a blurred canvas). All channels of a pixel move
   together; the perturbed images go through the network in batches.
 - :func:`faithfulness_correlation` — Bhatt, Weller, Moura, "Evaluating and aggregating
@@ -26,14 +26,8 @@ import torch
 from workers.evaluation.common import scores
 from workers.evaluation.metrics import cc
 from workers.explain.base import NO_PROGRESS, Progress
-from workers.explain.baselines import gaussian_blur
+from workers.explain.baselines import baseline
 from workers.models.loading import LoadedModel
-
-
-def _fill_image(model: LoadedModel, x: torch.Tensor, fill: str, value: float, sigma: float) -> torch.Tensor:
-    if fill == "blur":
-        return gaussian_blur(x, sigma)
-    return model.pixel_to_input(value).to(x.dtype).expand_as(x).clone()
 
 
 def curve_auc(curve: np.ndarray) -> float:
@@ -72,7 +66,7 @@ def deletion_insertion(
     _, c, h, w = x.shape
     order = torch.from_numpy(np.argsort(-relevance.detach().cpu().double().numpy().ravel(), kind="stable"))
     counts = step_counts(h * w, steps)
-    other = _fill_image(model, x, fill, value, sigma)
+    other = baseline(model, x, "blur", blur_sigma=sigma) if fill == "blur" else baseline(model, x, float(value))
     start, end = (x, other) if mode == "deletion" else (other, x)
     start_f, end_f = start.reshape(1, c, h * w), end.reshape(1, c, h * w)
     rank = torch.empty(h * w, dtype=torch.long)
@@ -114,7 +108,7 @@ def faithfulness_correlation(
     nf = c * h * w
     if subset_size > nf:
         raise ValueError(f"subset_size {subset_size} exceeds the {nf} input elements")
-    base = value if isinstance(value, torch.Tensor) else model.pixel_to_input(float(value))
+    base = value if isinstance(value, torch.Tensor) else baseline(model, x, float(value))
     base_f = base.to(x.dtype).to(x.device).expand(n, c, h, w).reshape(n, -1)
     xf = x.detach().reshape(n, -1)
     y0 = scores(model, x, targets).double().numpy()

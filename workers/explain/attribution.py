@@ -10,7 +10,15 @@ import torch
 
 from schemas.methods import CATALOG, Params
 from workers.errors import MethodError
-from workers.explain.base import APPLICABILITY, IMPLEMENTATIONS, NO_PROGRESS, Attribution, Context, Progress
+from workers.explain.base import (
+    APPLICABILITY,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMPLEMENTATIONS,
+    NO_PROGRESS,
+    Attribution,
+    Context,
+    Progress,
+)
 from workers.explain.smooth import apply_modifier
 from workers.models.loading import LoadedModel
 
@@ -31,7 +39,13 @@ def attribute(
     method: str,
     params: dict[str, Any] | Params | None = None,
     progress: Progress = NO_PROGRESS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Attribution:
+    """The attribution of ``method`` for the normalised batch ``x`` (N, C, H, W) and ``targets``
+    (an index per sample, or one for all). ``params``: a dict validated against the method's params
+    model, or a Params instance (not validated again). ``max_image_pixels``: the largest image a
+    parameter may carry (integrated gradients' image baseline). Raises MethodError when the method
+    is unknown or cannot be applied to the model."""
     spec = CATALOG.get(method)
     if spec is None or method not in IMPLEMENTATIONS:
         raise MethodError(f"unknown method {method!r}")
@@ -43,7 +57,14 @@ def attribute(
         raise MethodError(f"{method} cannot be applied to model {model.name!r}: {reason}")
     if isinstance(targets, int):
         targets = torch.full((x.shape[0],), targets, dtype=torch.long, device=x.device)
-    ctx = Context(model=model, x=x.to(model.device), targets=targets.to(model.device), params=params, progress=progress)
+    ctx = Context(
+        model=model,
+        x=x.to(model.device),
+        targets=targets.to(model.device),
+        params=params,
+        progress=progress,
+        max_image_pixels=max_image_pixels,
+    )
     if spec.gradient_based and getattr(params, "smoothgrad", None) is not None:
         att = apply_modifier(ctx, method)  # SmoothGrad (§4.5) over any gradient method
     else:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from schemas.methods import CATALOG, Params
+from schemas.settings import Settings
 from workers.errors import Cancelled
 from workers.models.loading import LoadedModel
 
@@ -51,6 +52,10 @@ class Progress:
 NO_PROGRESS = Progress()
 
 
+# the largest image a method may decode (an image baseline) unless attribute() is told otherwise
+DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
+
+
 @dataclass
 class Context:
     model: LoadedModel
@@ -58,6 +63,7 @@ class Context:
     targets: torch.Tensor  # (N,) long
     params: Params
     progress: Progress = NO_PROGRESS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # the worker's limit, for images inside params
 
     @property
     def net(self) -> torch.nn.Module:

@@ -37,7 +37,7 @@ import torch
 
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register
-from workers.explain.baselines import gaussian_blur
+from workers.explain.baselines import baseline, default_blur_sigma
 from workers.explain.canonize import COVERED, CheckedRuleMode, family_check
 from workers.explain.engine import Rule
 from workers.explain.rules.deeplift import (
@@ -133,39 +133,17 @@ def deeplift(
     return attr.detach().to(out_dtype), _meta(out.detach(), attr, t)
 
 
-# ---- references --------------------------------------------------------------------------------------
-
-
-def reference_input(
-    model, x: torch.Tensor, baseline: str, seed: int = 0, blur_sigma: float | None = None
-) -> tuple[torch.Tensor, dict]:
-    """The DeepLIFT reference x0 on the normalised scale, and the resolved parameters."""
-    lo, hi = model.input_bounds()
-    lo, hi = lo.to(x), hi.to(x)
-    used: dict = {"baseline": baseline}
-    if baseline == "black":
-        x0 = lo.expand_as(x)
-    elif baseline == "white":
-        x0 = hi.expand_as(x)
-    elif baseline == "uniform":
-        gen = torch.Generator().manual_seed(int(seed))
-        u = torch.rand((1, *x.shape[1:]), generator=gen).to(x)  # one draw, shared by the batch
-        x0 = (lo + u * (hi - lo)).expand_as(x)
-        used["seed"] = int(seed)
-    elif baseline == "blur":
-        sigma = float(blur_sigma) if blur_sigma is not None else min(x.shape[-2:]) / 10.0
-        x0 = gaussian_blur(x, sigma)
-        used["blur_sigma"] = sigma
-    else:
-        raise MethodError(f"unknown baseline {baseline!r}", field="baseline")
-    return x0.contiguous(), used
-
-
 @register("deeplift", applicable=family_check("deeplift"))
 def deeplift_method(ctx: Context) -> Attribution:
     p = ctx.params
     ctx.progress(0.0)
-    x0, used = reference_input(ctx.model, ctx.x, p.baseline, p.seed, p.blur_sigma)
+    # contiguous: the blur comes back channels-last, and the float64 pass's rounding follows the layout
+    x0 = baseline(ctx.model, ctx.x, p.baseline, blur_sigma=p.blur_sigma, seed=p.seed).contiguous()
+    used: dict = {"baseline": p.baseline}
+    if p.baseline == "uniform":
+        used["seed"] = int(p.seed)
+    elif p.baseline == "blur":
+        used["blur_sigma"] = float(p.blur_sigma) if p.blur_sigma is not None else default_blur_sigma(ctx.x)
     dtype = torch.float64 if p.precision == "float64" and ctx.x.device.type != "mps" else torch.float32
     attr, meta = deeplift(ctx.net, ctx.x, x0, ctx.targets, p.rule, dtype)
     ctx.progress(1.0)

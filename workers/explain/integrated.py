@@ -11,9 +11,9 @@ import math
 import numpy as np
 import torch
 
-from workers.errors import ExplainError, MethodError
+from schemas.methods.linearization import NAMED_BASELINES
 from workers.explain.base import Attribution, Context, input_gradient, register, target_scores
-from workers.explain.baselines import gaussian_blur
+from workers.explain.baselines import baseline, default_blur_sigma
 
 
 def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,37 +43,6 @@ def quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown integration rule {rule!r}")
 
 
-def make_baseline(ctx: Context, baseline: str, blur_sigma: float | None, seed: int) -> tuple[torch.Tensor, str]:
-    """The baseline x' (N, C, H, W) in the normalised space, and its name for used_params."""
-    x = ctx.x
-    lo, hi = ctx.model.input_bounds()
-    lo, hi = lo.to(x.dtype), hi.to(x.dtype)
-    if baseline == "black":
-        return lo.expand_as(x).clone(), baseline
-    if baseline == "white":
-        return hi.expand_as(x).clone(), baseline
-    if baseline == "blur":
-        h, w = x.shape[-2:]
-        sigma = blur_sigma if blur_sigma is not None else min(h, w) / 10.0
-        return gaussian_blur(x, sigma), baseline
-    if baseline == "uniform":
-        # one draw of pixel noise U(0, 1) from a generator seeded with `seed`, shared by the
-        # batch: an image's map does not depend on what it was batched with
-        g = torch.Generator().manual_seed(int(seed))
-        u = torch.rand(x.shape[1:], generator=g, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-        return (lo + u * (hi - lo)).expand_as(x).clone(), baseline
-    # a base64 image, resized and normalised like the input
-    from common.images import decode_image
-    from schemas.settings import Settings
-
-    try:
-        img = decode_image(baseline, Settings.from_env().max_image_pixels)
-    except ExplainError as e:
-        raise MethodError(f"baseline image: {e.detail}", field="baseline") from None
-    b = ctx.model.preprocess([img]).to(device=x.device, dtype=x.dtype)
-    return b.expand_as(x).clone(), "image"
-
-
 def integrate(ctx: Context, x_base: torch.Tensor, steps: int, rule: str, batch: int) -> torch.Tensor:
     """(x - x') * sum_k w_k grad(x' + a_k (x - x')): at most ``batch`` images per pass,
     ctx.progress after each pass."""
@@ -99,7 +68,10 @@ def integrate(ctx: Context, x_base: torch.Tensor, steps: int, rule: str, batch: 
 @register("integrated_gradients")
 def integrated_gradients(ctx: Context) -> Attribution:
     p = ctx.params
-    x_base, name = make_baseline(ctx, p.baseline, p.blur_sigma, p.seed)
+    x_base = baseline(
+        ctx.model, ctx.x, p.baseline, blur_sigma=p.blur_sigma, seed=p.seed, max_image_pixels=ctx.max_image_pixels
+    )
+    name = p.baseline if p.baseline in NAMED_BASELINES else "image"
     attr = integrate(ctx, x_base, p.steps, p.integration, p.internal_batch_size)
     with torch.no_grad():
         n = ctx.x.shape[0]
@@ -126,5 +98,5 @@ def integrated_gradients(ctx: Context) -> Attribution:
         "seed": p.seed,
     }
     if p.baseline == "blur":
-        used["blur_sigma"] = p.blur_sigma if p.blur_sigma is not None else min(ctx.x.shape[-2:]) / 10.0
+        used["blur_sigma"] = p.blur_sigma if p.blur_sigma is not None else default_blur_sigma(ctx.x)
     return Attribution(attr, used_params=used, meta=meta)

@@ -25,7 +25,8 @@ import torch
 from skimage.segmentation import quickshift, slic
 
 from workers.explain.base import Attribution, Context, register
-from workers.explain.perturb_utils import batch_for, fill_image, generator, log_odds, seed_of, softmax_saturated
+from workers.explain.baselines import baseline
+from workers.explain.perturb_utils import batch_for, generator, log_odds, seed_of, softmax_saturated
 
 
 def lime_score(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
@@ -140,7 +141,7 @@ def lime(ctx: Context) -> Attribution:
     n, _, h, w = ctx.x.shape
     maps = torch.zeros(n, 1, h, w, dtype=ctx.x.dtype, device=ctx.x.device)
     meta = []
-    blur = fill_image(ctx.model, ctx.x.detach(), "blur", max(h, w) / 16) if p.fill == "blur" else None
+    blur = baseline(ctx.model, ctx.x.detach(), "blur", blur_sigma=max(h, w) / 16) if p.fill == "blur" else None
     with torch.no_grad():
         sat = softmax_saturated(ctx.net(ctx.x.detach()), ctx.targets).cpu()
     for i in range(n):
@@ -154,7 +155,7 @@ def lime(ctx: Context) -> Attribution:
         elif p.fill == "blur":
             fill = blur[i]
         else:
-            fill = fill_image(ctx.model, ctx.x[i : i + 1].detach(), p.fill)[0]
+            fill = baseline(ctx.model, ctx.x[i : i + 1].detach(), p.fill)[0]
         z = draws(p.samples, k, seed_of(p.seed) + i)
         y, wts = lime_one(ctx, i, seg, k, z, fill, prog)
         beta, b, r2 = weighted_ridge(z, y, wts, p.alpha)

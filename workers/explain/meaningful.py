@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.baselines import gaussian_blur
+from workers.explain.baselines import baseline
 from workers.explain.perturb_utils import generator, log_odds, seed_of, softmax_saturated
 
 AREA_WEIGHT = 300.0  # lambda of the extremal area constraint (TorchRay's default weight)
@@ -153,7 +153,7 @@ def meaningful_perturbation(ctx: Context) -> Attribution:
     net, x, t = ctx.net, ctx.x.detach(), ctx.targets
     h, w = x.shape[-2:]
     sigma = p.blur_sigma if p.blur_sigma is not None else default_sigma(h, w)
-    blurred = gaussian_blur(x, sigma)
+    blurred = baseline(ctx.model, x, "blur", blur_sigma=sigma)
     with torch.no_grad():
         logits0 = net(x)
         s0 = log_odds(logits0.float(), t)

@@ -15,7 +15,8 @@ import torch
 
 from workers.errors import MethodError
 from workers.explain.base import Attribution, Context, register, target_scores
-from workers.explain.perturb_utils import batch_for, fill_image
+from workers.explain.baselines import baseline
+from workers.explain.perturb_utils import batch_for
 
 
 def positions(size: int, window: int, stride: int) -> list[int]:
@@ -71,7 +72,7 @@ def occlusion(ctx: Context) -> Attribution:
     if p.window > max(h, w):
         raise MethodError(f"window {p.window} is larger than the model's input {h}x{w}", field="window")
     sigma = p.blur_sigma if p.blur_sigma is not None else p.window / 2
-    fill = fill_image(ctx.model, ctx.x.detach(), p.fill, sigma)
+    fill = baseline(ctx.model, ctx.x.detach(), p.fill, blur_sigma=sigma)
     maps = occlusion_maps(ctx, p.window, p.stride, fill)
     used = {"window": p.window, "stride": p.stride, "fill": p.fill}
     if p.fill == "blur":

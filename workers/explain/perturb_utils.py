@@ -1,11 +1,10 @@
-"""Helpers shared by the perturbation methods: fills on the pixel scale (the blur is
-:func:`workers.explain.baselines.gaussian_blur`), batch sizes for many perturbed copies, seeds."""
+"""Helpers shared by the perturbation methods (their fills are
+:func:`workers.explain.baselines.baseline`): batch sizes for many perturbed copies, seeds."""
 
 from __future__ import annotations
 
 import torch
 
-from workers.explain.baselines import gaussian_blur
 from workers.models.loading import LoadedModel
 
 # elements (C*H*W) of perturbed images per forward pass: many small copies or a few large ones
@@ -26,19 +25,6 @@ def generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Gen
     g = torch.Generator(device=device)
     g.manual_seed(seed_of(seed))
     return g
-
-
-def fill_image(model: LoadedModel, x: torch.Tensor, fill: str, blur_sigma: float | None = None) -> torch.Tensor:
-    """The image (N, C, H, W) every hidden pixel is taken from, in the normalised input space."""
-    if fill == "gray":
-        return model.pixel_to_input(0.5).to(x.dtype).expand_as(x).clone()
-    if fill == "black":
-        return model.pixel_to_input(0.0).to(x.dtype).expand_as(x).clone()
-    if fill == "mean":
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
-    if fill == "blur":
-        return gaussian_blur(x, float(blur_sigma))
-    raise ValueError(f"unknown fill {fill!r}")
 
 
 def clamp_box(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ neither on the other images of the batch nor on ``internal_batch_size``."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -53,9 +54,7 @@ def smooth(
         noise = torch.stack([torch.randn(x.shape[1:], generator=gens[i], dtype=torch.float32) for i in idx])
         i_t = torch.tensor(idx, device=x.device)
         xin = x[i_t] + sigma[i_t].view(-1, 1, 1, 1) * noise.to(device=x.device, dtype=x.dtype)
-        sub = Context(
-            model=ctx.model, x=xin, targets=t[i_t], params=params, progress=ctx.progress.sub(lo_j / total, hi_j / total)
-        )
+        sub = replace(ctx, x=xin, targets=t[i_t], params=params, progress=ctx.progress.sub(lo_j / total, hi_j / total))
         att = fn(sub)
         used = att.used_params
         m = att.maps.detach()
