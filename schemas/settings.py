@@ -59,6 +59,44 @@ class Settings(BaseSettings):
     )
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker's Prometheus port; 0: none")
     worker_metrics_host: str = Field("127.0.0.1", description="worker's Prometheus bind address")
+    # Redis outages (issue 11): bounded waits, 503 + Retry-After, reconnect with backoff
+    redis_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="connect/read timeout of one Redis call; a route answers 503 within about this"
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while Redis is unreachable")
+    worker_restarts: int = Field(
+        5, ge=0, description="`whitebox serve`: worker restarts within restart_window_s before the stack stops"
+    )
+    restart_window_s: float = Field(60.0, gt=0, description="`whitebox serve`: the window of worker_restarts")
+    redis_maxmemory: str = Field(
+        "1gb", description="`whitebox serve`: the embedded Redis' maxmemory (policy volatile-ttl: queued jobs stay)"
+    )
+    # cost budgets (issue 11)
+    max_request_cost: float = Field(
+        20_000.0, gt=0, description="largest estimated cost of a request, in forward passes at the model's input size"
+    )
+    job_memory_bytes: int = Field(
+        2 * 1024**3, ge=64 * 1024**2, description="memory bound of one job; internal batches are sized from it"
+    )
+    max_result_bytes: int = Field(
+        64 * 1024**2, ge=1024, description="largest stored result (estimated up front, checked before storing)"
+    )
+    # auth and abuse (issue 11)
+    api_key_hashes: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(), description="comma-separated salted API-key hashes (`whitebox hash-key` prints one)"
+    )
+    rate_limit_rps: float = Field(0.0, ge=0, description="requests per second per API key (token bucket); 0: none")
+    rate_limit_burst: int = Field(50, ge=1, description="requests a key may send at once above rate_limit_rps")
+    max_jobs_per_key: int = Field(0, ge=0, description="queued or running jobs per API key; 0: no quota")
+    auth_failures_per_min: int = Field(30, ge=1, description="wrong keys per client address a minute before 429")
+    max_json_depth: int = Field(32, ge=2, description="deepest nesting of a JSON body")
+    header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send the request's headers")
+    body_timeout_s: float = Field(60.0, gt=0, description="time a client has to send the whole request body")
+    max_connections: int = Field(1000, ge=1, description="open connections of the gateway before 503")
+    registry_architectures: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("torchvision.", "whitebox."), description="comma-separated module prefixes a registry architecture may name"
+    )
+    registry_any_path: bool = Field(False, description="registry weights/labels may lie outside the registry folder")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -67,7 +105,14 @@ class Settings(BaseSettings):
             return frozenset(k.strip() for k in v.split(",") if k.strip())
         return v
 
-    @field_validator("worker_models", mode="before")
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _hashes(cls, v: object) -> object:
+        if isinstance(v, str):
+            return frozenset(k.strip() for k in v.split(",") if k.strip())
+        return v
+
+    @field_validator("worker_models", "registry_architectures", mode="before")
     @classmethod
     def _models(cls, v: object) -> object:
         if isinstance(v, str):

@@ -12,9 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from redis import exceptions as redis_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.problems import Problem, ValidationProblem
+from schemas.problems import Problem, Unavailable, ValidationProblem
 
 log = logging.getLogger("whitebox.gateway")
 PROBLEM_JSON = "application/problem+json"
@@ -57,6 +58,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return problem_response(p)
 
 
+async def on_redis_down(request: Request, exc: Exception) -> Response:
+    """Redis unreachable (refused, timed out, loading): 503 + Retry-After, never a 500 or a traceback."""
+    log.warning("Redis unreachable: %s", type(exc).__name__)
+    retry = request.app.state.gateway.settings.retry_after_s
+    return problem_response(
+        Unavailable("the job queue (Redis) is unreachable; retry later", headers={"Retry-After": str(retry)})
+    )
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error")
     return problem_response(Problem(f"internal error: {type(exc).__name__}"))
@@ -66,6 +76,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    for exc in (redis_errors.ConnectionError, redis_errors.TimeoutError):
+        app.add_exception_handler(exc, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
 
 
