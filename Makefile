@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.whitebox-installed
 
-.PHONY: serve test lint format install bench train clean
+.PHONY: serve test lint format install bench train clean faults soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# the fault suite (real processes, loopback, bounded; also part of `make test`), its figures printed
+faults: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/test_faults_*.py
+
+# outside CI: 30 minutes of sync explain requests, RSS of gateway and worker per minute
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --minutes 30 --concurrency 4
 
 train: $(STAMP)
 	$(PY) -m workers.training.demo_model
