@@ -67,7 +67,8 @@ class _RescaleMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, n, pool):
         z, idx = pool(y)
-        ctx.save = (z[:n], z[n:], idx[:n], idx[n:], (y[:n] - y[n:]).detach())
+        # detached: views of the output kept on ctx would make a cycle (z -> grad_fn -> ctx -> z) that leaks the graph
+        ctx.save = (z[:n].detach(), z[n:].detach(), idx[:n], idx[n:], (y[:n] - y[n:]).detach())
         ctx.n = n
         return z
 
