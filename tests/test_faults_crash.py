@@ -14,6 +14,7 @@ this file with the figures printed (-s)."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -119,15 +120,16 @@ class Workers:
     kills: int = 0
     kills_holding: int = 0
 
-    def holder(self, wait_s: float = 1.0) -> Any | None:
+    def holder(self, wait_s: float = 3.0) -> Any | None:
         """A live worker with a job delivered and not yet acknowledged, waiting at most ``wait_s``."""
         by_pid = {p.pid: p for p in self.live}
         deadline = time.monotonic() + wait_s
         while True:
             info = self.r.xpending(q.stream_key(MODEL), q.GROUP)
             for c in info.get("consumers") or []:
-                pid = int(c["name"].rsplit("-", 1)[-1])
-                if c["pending"] > 0 and pid in by_pid:
+                beat = self.r.get(q.worker_key(c["name"])) if c["pending"] > 0 else None
+                pid = json.loads(beat).get("pid") if beat else None  # the heartbeat names the consumer's pid
+                if pid in by_pid:
                     return by_pid[pid]
             if time.monotonic() > deadline:
                 return None
@@ -183,21 +185,27 @@ def submit(client: httpx.Client, body: dict[str, Any]) -> str:
 
 
 def run_with_kills(client: httpx.Client, workers: Workers, images: list[str]) -> tuple[list[str], dict]:
-    """JOBS jobs sent at an even pace over SUBMIT_S while a worker is killed every KILL_EVERY_S."""
-    ids: list[str] = []
-    states: dict[str, dict[str, Any]] = {}
-    t0 = time.monotonic()
-    next_kill = t0 + KILL_EVERY_S
-    while len(ids) < JOBS:
-        now = time.monotonic()
-        while len(ids) < JOBS and now >= t0 + len(ids) * SUBMIT_S / JOBS:
-            ids.append(submit(client, request_of(len(ids), images)))
-        if now >= next_kill:
+    """JOBS jobs sent at an even pace over SUBMIT_S while a thread kills a worker every KILL_EVERY_S."""
+    stop = threading.Event()
+
+    def killer() -> None:  # on a fixed schedule, whatever the time a kill took
+        due = time.monotonic() + KILL_EVERY_S
+        while not stop.wait(max(0.0, due - time.monotonic())):
             workers.kill_one()
-            next_kill += KILL_EVERY_S
-        time.sleep(0.02)
-    states.update(finish_all(client, ids, DRAIN_S))
-    return ids, states
+            due += KILL_EVERY_S
+
+    thread = threading.Thread(target=killer, daemon=True)
+    ids: list[str] = []
+    t0 = time.monotonic()
+    thread.start()
+    try:
+        while len(ids) < JOBS:
+            time.sleep(max(0.0, t0 + len(ids) * SUBMIT_S / JOBS - time.monotonic()))
+            ids.append(submit(client, request_of(len(ids), images)))
+    finally:
+        stop.set()
+        thread.join(30)
+    return ids, finish_all(client, ids, DRAIN_S)
 
 
 def count_consumers(r: redis.Redis, live: int) -> list[int]:
