@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,19 @@ class Minute:
             "p99_ms": float(p99) * 1000,
             **self.sample,
         }
+
+
+def code_version() -> str:
+    """The commit measured (with ``+changes`` when the work tree differs from it), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def vm_rss_bytes(pid: int) -> int:
@@ -194,7 +208,8 @@ def render(rows: list[dict[str, Any]], summ: dict[str, Any], mach: dict[str, Any
             f"Command: `{command}`",
             "",
             f"Machine: {mach['cpu']}, {mach['cpus_usable']} usable CPUs, worker torch threads 1; load average at "
-            f"start {mach['loadavg']}; Python {mach['python']}, torch {mach['torch']}; {mach['time']}.",
+            f"start {mach['loadavg']}; Python {mach['python']}, torch {mach['torch']}; code {mach['code']}; "
+            f"{mach['time']}.",
             "",
             f"### Soak: sync POST /v1/explain on {MODEL} (a mix of {len(METHODS)} method sets and "
             f"{len(OUTPUTS)} output sets), per minute",
@@ -220,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes < 2 or args.concurrency < 1:
         ap.error("--minutes must be at least 2 (first full minute vs last) and --concurrency at least 1")
     command = "python -m benchmarks.soak " + " ".join(sys.argv[1:] if argv is None else argv)
-    mach = machine()
+    mach = {**machine(), "code": code_version()}
     with tempfile.TemporaryDirectory(prefix="whitebox-soak-") as d:
         tmp = Path(d)
         stack = Stack(tmp, write_registry(tmp, 64, []), threads=1)
