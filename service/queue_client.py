@@ -1,6 +1,11 @@
 """The gateway's side of the queue protocol (``schemas.queue``): enqueue a typed job with backpressure,
 wait for its :class:`JobResult` (one pub/sub listener for every waiting request, polling as a backstop),
-read and cancel a job, read the model cards and the live workers (docs/architecture.md)."""
+read and cancel a job, read the model cards and the live workers (docs/architecture.md).
+
+Redis outages (docs/robustness-outage.md): every call is bounded by ``redis_timeout_s``; a refused or
+dropped connection is retried a few times with exponential backoff (a stale pooled connection after a
+Redis restart gets a fresh one); what still fails raises redis' ConnectionError/TimeoutError, which the
+gateway answers 503 + Retry-After (``service.problems.on_redis_down``)."""
 
 from __future__ import annotations
 
@@ -13,16 +18,40 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from common.telemetry import GatewayMetrics
 from schemas import queue as q
-from schemas.problems import Overloaded, WorkerFailure
+from schemas.problems import Overloaded, Unavailable, WorkerFailure
 from schemas.settings import Settings
 from schemas.status import JobStatus
 
 log = logging.getLogger("whitebox.gateway")
 Job = q.ExplainJob | q.EvaluateJob | q.CompareJob
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# a refused or dropped connection: 3 more tries after 0.1, 0.2, 0.25 s; a timeout is not retried, so a
+# route answers within about redis_timeout_s while Redis hangs
+RETRIES = 3
+BACKOFF = ExponentialBackoff(cap=0.25, base=0.05)
+LISTENER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+
+
+def connect(settings: Settings, max_connections: int = 512) -> aioredis.Redis:
+    """The gateway's Redis client: bounded connect/read timeouts, Retry with exponential backoff."""
+    assert settings.redis_url
+    return aioredis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=Retry(BACKOFF, RETRIES, supported_errors=(RedisConnectionError,)),
+        health_check_interval=30,
+    )
 
 
 class QueueClient:
@@ -42,7 +71,7 @@ class QueueClient:
     async def start(self) -> None:
         if not self.settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (the all-in-one `whitebox serve` starts an embedded Redis)")
-        self._redis = aioredis.from_url(self.settings.redis_url, decode_responses=True, max_connections=512)
+        self._redis = connect(self.settings)
         self._listener = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
@@ -54,11 +83,16 @@ class QueueClient:
             await self._redis.aclose()
 
     async def _listen(self) -> None:
-        """One pub/sub connection resolves every waiting request; polling covers lost messages."""
+        """One pub/sub connection resolves every waiting request; polling covers lost messages. It
+        reconnects with exponential backoff (one log line per outage)."""
+        failures = 0
         while True:
+            ps = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                ps = self.redis.pubsub(ignore_subscribe_messages=True)
                 await ps.subscribe(q.EVENTS_CHANNEL)
+                if failures:
+                    log.warning("event listener: Redis is back after %d failed attempts", failures)
+                failures = 0
                 async for msg in ps.listen():
                     fut = self._waiters.get(msg.get("data"))
                     if fut is not None and not fut.done():
@@ -66,8 +100,13 @@ class QueueClient:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # reconnect after a Redis hiccup
-                log.warning("event listener: %s", e)
-                await asyncio.sleep(0.5)
+                if not failures:
+                    log.warning("event listener lost Redis (%s); reconnecting", type(e).__name__)
+                failures += 1
+                await asyncio.sleep(LISTENER_BACKOFF.compute(failures))
+            finally:
+                with contextlib.suppress(Exception):
+                    await ps.aclose()  # type: ignore[no-untyped-call]
 
     # ---- jobs ---------------------------------------------------------------------------
     async def enqueue(self, job: Job) -> str:
@@ -104,16 +143,30 @@ class QueueClient:
             raise WorkerFailure(f"the stored result of job {job_id} is malformed: {e.error_count()} errors") from e
 
     async def wait(self, job_id: str, timeout: float) -> q.JobResult | None:
-        """The job's result once stored, or None after ``timeout`` seconds."""
+        """The job's result once stored, or None after ``timeout`` seconds. It waits through a Redis
+        outage; the last Redis error when Redis is still down at the deadline (503), and a 503 when
+        Redis came back without the job (a restart without persistence lost it)."""
         fut = self._waiters.setdefault(job_id, asyncio.get_running_loop().create_future())
         deadline = time.monotonic() + timeout
+        outage: Exception | None = None
         try:
             while True:
-                res = await self.result(job_id)
+                try:
+                    res = await self.result(job_id)
+                    if res is None and outage is not None and not await self.redis.exists(q.job_key(job_id)):
+                        raise Unavailable(
+                            "the job queue restarted and lost the job; send the request again",
+                            headers={"Retry-After": str(self.settings.retry_after_s)},
+                        )
+                    outage = None
+                except REDIS_DOWN as e:
+                    outage, res = e, None
                 if res is not None:
                     return res
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if outage is not None:
+                        raise outage
                     return None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), min(left, 1.0))

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from schemas.api import Liveness, ModelMetadata, ModelReadiness, Readiness, TensorMetadata
 from schemas.problems import Unavailable
@@ -33,8 +34,9 @@ async def ready(gw: GatewayDep) -> Readiness:
     try:
         await gw.queue.ping()
         live_set = await gw.queue.live_models()
-    except Exception as e:
-        raise Unavailable(f"Redis unreachable: {e}") from e
+    except RedisError as e:  # the answer is open: it never names Redis' address nor the error's text
+        retry = {"Retry-After": str(gw.settings.retry_after_s)}
+        raise Unavailable("the job queue (Redis) is unreachable", headers=retry) from e
     missing = [m.name for m in gw.registry.models if m.name not in live_set]
     if missing:
         raise Unavailable(f"no live worker for: {', '.join(missing)}")
