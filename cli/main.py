@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from cli.embedded_redis import EmbeddedRedis
@@ -46,44 +48,78 @@ def _child_env(redis_url: str | None, host: str, port: int) -> dict[str, str]:
 
 
 def cmd_serve(args) -> int:
-    """Embedded Redis (unless REDIS_URL is set), one worker, the gateway; Ctrl-C/SIGTERM stops all three."""
+    """Embedded Redis (unless REDIS_URL is set), the worker(s), the gateway; Ctrl-C/SIGTERM stops all.
+    A worker that dies is restarted; one that keeps dying, or the gateway dying, stops the stack."""
     s = Settings.from_env()
     redis = None
     if not s.redis_url:
-        redis = EmbeddedRedis(Path(s.data_dir) / "redis").start()
+        redis = EmbeddedRedis(Path(s.data_dir) / "redis", maxmemory=s.redis_maxmemory).start()
         print(f"whitebox: embedded Redis at {redis.url}", flush=True)
     host, port = args.host or s.host, args.port or s.port
     env = _child_env(redis.url if redis else None, host, port)
-    procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(args.workers)]
-    procs.append(subprocess.Popen([sys.executable, "-m", "service"], env=env))
+    sup = Supervisor(lambda: subprocess.Popen([sys.executable, "-m", "workers"], env=env), s)
+    sup.workers = [sup.start_worker() for _ in range(args.workers)]
+    sup.gateway = subprocess.Popen([sys.executable, "-m", "service"], env=env)
     print(f"whitebox: gateway on http://{host}:{port} (Ctrl-C to stop)", flush=True)
     try:
-        return _supervise(procs)
+        return sup.run()
     finally:
-        _stop_all(procs)
+        _stop_all([*sup.workers, sup.gateway])
         if redis:
             redis.stop()
 
 
-def _supervise(procs: list[subprocess.Popen]) -> int:
-    """Wait for a signal or for one of ``procs`` to exit; the exit code of the command."""
-    stopping = False
+class Supervisor:
+    """Restarts a worker that exits; more than ``worker_restarts`` restarts within ``restart_window_s``,
+    the gateway exiting, or a signal ends :meth:`run` (its exit code)."""
 
-    def stop(*_):
-        nonlocal stopping
-        stopping = True
+    def __init__(self, spawn: Callable[[], subprocess.Popen], s: Settings):
+        self.spawn, self.limit, self.window = spawn, s.worker_restarts, s.restart_window_s
+        self.workers: list[subprocess.Popen] = []
+        self.gateway: subprocess.Popen | None = None
+        self.restarts: deque[float] = deque()
+        self.stopping = False
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    code = 0
-    while not stopping:
-        for p in procs:
-            if p.poll() is not None:
-                print(f"whitebox: process {p.args} exited with {p.returncode}; stopping", file=sys.stderr)
-                code = p.returncode or 1
-                stopping = True
-        time.sleep(0.2)
-    return code
+    def start_worker(self) -> subprocess.Popen:
+        p = self.spawn()
+        print(f"whitebox: worker started (pid {p.pid})", flush=True)
+        return p
+
+    def run(self) -> int:
+        def stop(*_):
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        code = 0
+        while not self.stopping and not code:
+            code = self._check()
+            time.sleep(0.2)
+        return code
+
+    def _check(self) -> int:
+        """0 while the stack runs, else the exit code of the command (after its message)."""
+        if self.gateway is not None and self.gateway.poll() is not None:
+            print(f"whitebox: the gateway exited with code {self.gateway.returncode}; stopping", file=sys.stderr)
+            return self.gateway.returncode or 1
+        for i, p in enumerate(self.workers):
+            if p.poll() is None or self.stopping:
+                continue
+            now = time.monotonic()
+            self.restarts.append(now)
+            while self.restarts and self.restarts[0] < now - self.window:
+                self.restarts.popleft()
+            if len(self.restarts) > self.limit:
+                print(
+                    f"whitebox: the worker keeps dying (exit code {p.returncode}; more than {self.limit} restarts "
+                    f"within {self.window:g} s, WHITEBOX_WORKER_RESTARTS); stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return p.returncode if p.returncode and p.returncode > 0 else 1
+            print(f"whitebox: worker pid {p.pid} exited with code {p.returncode}; restarting", file=sys.stderr)
+            self.workers[i] = self.start_worker()
+        return 0
 
 
 def _stop_all(procs: list[subprocess.Popen]) -> None:

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import yaml
 
+from cli.embedded_redis import MAXMEMORY_POLICY
 from tests.conftest import ROOT
+
+
+def redis_flags(args: list[str]) -> dict[str, str]:
+    """``--name value`` pairs of a redis-server command line."""
+    return {a[2:]: v for a, v in zip(args, [*args[1:], ""]) if a.startswith("--")}
+
+
+def assert_bounded_memory(args: list[str]) -> None:
+    flags = redis_flags(args)
+    assert flags["maxmemory"].endswith(("mb", "gb")), flags
+    assert flags["maxmemory-policy"] == MAXMEMORY_POLICY == "volatile-ttl"  # the job streams have no TTL
 
 
 def test_compose_wires_redis_gateway_and_worker():
@@ -16,6 +28,8 @@ def test_compose_wires_redis_gateway_and_worker():
         assert s[name]["command"] == ["whitebox", name]
         assert s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert (ROOT / "Dockerfile").exists()
+    assert s["redis"]["command"][0] == "redis-server"
+    assert_bounded_memory(s["redis"]["command"])
 
 
 def test_k8s_manifests_are_consistent():
@@ -40,6 +54,8 @@ def test_k8s_manifests_are_consistent():
     assert services["whitebox"]["spec"]["selector"] == {"app": "whitebox-gateway"}
     cfg = next(d for d in docs if d["kind"] == "ConfigMap")
     assert cfg["data"]["REDIS_URL"].startswith("redis://whitebox-redis:")
+    redis_deploy = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "whitebox-redis")
+    assert_bounded_memory(redis_deploy["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
 def test_dockerfile_copies_every_package():
