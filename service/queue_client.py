@@ -38,6 +38,8 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 RETRIES = 3
 BACKOFF = ExponentialBackoff(cap=0.25, base=0.05)
 LISTENER_BACKOFF = ExponentialBackoff(cap=1.0, base=0.05)
+# after an outage, a job missing this long is lost (a worker that computed it stores it within about 1 s)
+LOST_AFTER_S = 3.0
 
 
 def connect(settings: Settings, max_connections: int = 512) -> aioredis.Redis:
@@ -149,15 +151,20 @@ class QueueClient:
         fut = self._waiters.setdefault(job_id, asyncio.get_running_loop().create_future())
         deadline = time.monotonic() + timeout
         outage: Exception | None = None
+        back: float | None = None  # when Redis answered again after an outage
         try:
             while True:
                 try:
                     res = await self.result(job_id)
-                    if res is None and outage is not None and not await self.redis.exists(q.job_key(job_id)):
-                        raise Unavailable(
-                            "the job queue restarted and lost the job; send the request again",
-                            headers={"Retry-After": str(self.settings.retry_after_s)},
-                        )
+                    if res is None and (outage or back) and not await self.redis.exists(q.job_key(job_id)):
+                        back = back or time.monotonic()
+                        if time.monotonic() - back >= LOST_AFTER_S:
+                            raise Unavailable(
+                                "the job queue restarted and lost the job; send the request again",
+                                headers={"Retry-After": str(self.settings.retry_after_s)},
+                            )
+                    else:
+                        back = None
                     outage = None
                 except REDIS_DOWN as e:
                     outage, res = e, None
