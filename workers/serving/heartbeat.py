@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
 
 from schemas import queue as q
 from workers.serving.outcome import Entry
 
 log = logging.getLogger("whitebox.worker")
+BACKOFF = ExponentialBackoff(cap=0.5, base=0.05)  # between heartbeats while Redis is down
 
 
 class HeldJobs:
@@ -71,11 +73,25 @@ class Heartbeat:
             self.r.xclaim(stream, q.GROUP, self.consumer, min_idle_time=0, message_ids=ids, justid=True)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(q.HEARTBEAT_EVERY_S):
+        """Beat every HEARTBEAT_EVERY_S; after a failure (one log line per outage) it beats again at
+        once with the cards, with exponential backoff, until Redis answers."""
+        failed_at: float | None = None
+        delay = q.HEARTBEAT_EVERY_S
+        while not stop.wait(delay):
             try:
+                if failed_at is not None:
+                    self._last_cards = 0.0  # a Redis that comes back empty needs the cards too
                 self.beat()
             except redis.RedisError as e:
-                log.warning("heartbeat failed: %s", e)
+                if failed_at is None:
+                    log.warning("heartbeat failed (%s); retrying", type(e).__name__)
+                    failed_at, failures = time.monotonic(), 0
+                failures += 1
+                delay = min(BACKOFF.compute(failures), q.HEARTBEAT_EVERY_S)
+                continue
+            if failed_at is not None:
+                log.warning("heartbeat restored after %.1f s", time.monotonic() - failed_at)
+            failed_at, delay = None, q.HEARTBEAT_EVERY_S
 
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=self.run, args=(stop,), name="heartbeat", daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import redis
@@ -23,13 +24,15 @@ class JobReporter:
         now = time.monotonic()
         if now - self._last_report >= self.every or fraction >= 1.0:
             self._last_report = now
-            self.r.hset(q.job_key(self.id), "progress", f"{fraction:.4f}")
+            with contextlib.suppress(redis.RedisError):  # best effort: an outage must not fail the job
+                self.r.hset(q.job_key(self.id), "progress", f"{fraction:.4f}")
 
     def cancelled(self) -> bool:
         now = time.monotonic()
         if not self._cancelled and now - self._last_check >= self.every:
             self._last_check = now
-            self._cancelled = bool(self.r.exists(q.cancel_key(self.id)))
+            with contextlib.suppress(redis.RedisError):  # Redis down: not cancelled as far as we know
+                self._cancelled = bool(self.r.exists(q.cancel_key(self.id)))
         return self._cancelled
 
     def progress(self) -> Progress:
