@@ -55,7 +55,11 @@ def test_k8s_manifests_are_consistent():
     cfg = next(d for d in docs if d["kind"] == "ConfigMap")
     assert cfg["data"]["REDIS_URL"].startswith("redis://whitebox-redis:")
     redis_deploy = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "whitebox-redis")
-    assert_bounded_memory(redis_deploy["spec"]["template"]["spec"]["containers"][0]["args"])
+    redis_container = redis_deploy["spec"]["template"]["spec"]["containers"][0]
+    assert_bounded_memory(redis_container["args"])
+    maxmemory = redis_flags(redis_container["args"])["maxmemory"]
+    maxmemory_mib = int(maxmemory[:-2]) * {"mb": 1, "gb": 1024}[maxmemory[-2:]]
+    assert int(redis_container["resources"]["limits"]["memory"].removesuffix("Mi")) > maxmemory_mib
 
 
 def test_dockerfile_copies_every_package():
