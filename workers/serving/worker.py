@@ -8,6 +8,13 @@ acknowledged and deleted. The heartbeat (``workers.serving.heartbeat``) re-claim
 worker holds, so only the jobs of a dead worker grow idle; those are taken over with XAUTOCLAIM, and
 a job delivered more than ``max_deliveries`` times goes to the dead-letter stream with a failed
 result for its client.
+
+Redis outages (docs/robustness-outage.md): every client has bounded timeouts and redis-py's ``Retry``
+with exponential backoff. The loop outlives an outage: one log line, a wait for Redis with backoff,
+then the consumer groups re-created (a restarted Redis without persistence lost the streams) and the
+heartbeat and model cards published at once. The outcomes of a job computed during an outage are
+stored through a client that retries longer (``OUTCOME_RETRIES``); a job whose outcome could not be
+stored stays pending and is re-delivered.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any
 
 import redis
 import torch
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from common.telemetry import WorkerMetrics
 from schemas import queue as q
@@ -34,6 +43,24 @@ from workers.serving.heartbeat import Heartbeat, HeldJobs
 from workers.serving.outcome import Delivery, Entry, Job, Outcomes
 
 log = logging.getLogger("whitebox.worker")
+BLOCK_MS = 1000  # XREADGROUP's BLOCK; the loop's read timeout is redis_timeout_s on top of it
+BACKOFF = ExponentialBackoff(cap=0.5, base=0.05)  # between tries of one call, and while Redis is down
+OUTCOME_RETRIES = 40  # about 20 s of a refused Redis (more when it hangs) before an outcome gives up
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+def connect(settings: Settings, retries: int = 3, extra_timeout_s: float = 0.0) -> redis.Redis:
+    """A Redis client with bounded connect/read timeouts and Retry with exponential backoff (on a
+    refused or dropped connection, and on a timeout)."""
+    assert settings.redis_url
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=settings.redis_timeout_s + extra_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=Retry(BACKOFF, retries, supported_errors=REDIS_DOWN),
+    )
 
 
 def cpu_threads() -> int:
@@ -57,16 +84,16 @@ class Worker:
         self.registry = registry or load_registry(settings.models_path)
         self.model_names = models or list(settings.worker_models) or [m.name for m in self.registry.models]
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.r = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        self.r = connect(settings, extra_timeout_s=BLOCK_MS / 1000)
         self.metrics = WorkerMetrics()
         self.models: dict[str, LoadedModel] = {}
         self.cards: dict[str, dict[str, Any]] = {}
         self.held = HeldJobs()
-        self.outcomes = Outcomes(self.r, self.metrics, settings.result_ttl_s)
+        # a computed job's outcome outlives a short outage: its own client, retried for longer
+        self.outcomes = Outcomes(connect(settings, OUTCOME_RETRIES), self.metrics, settings.result_ttl_s)
         self.executor = Executor(self.r, settings, self.metrics, self.outcomes)
         # the heartbeat thread has its own connection
-        hb = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        self.heartbeat = Heartbeat(hb, self.consumer, self.cards, self.held)
+        self.heartbeat = Heartbeat(connect(settings, retries=1), self.consumer, self.cards, self.held)
         self._stop = threading.Event()
         self._last_claim = 0.0
 
@@ -82,6 +109,9 @@ class Worker:
             self.models[name] = m
             self.cards[name] = m.card(applicability(m))
             log.info("loaded %s in %.2fs", name, time.perf_counter() - t0)
+
+    def join(self) -> None:
+        """The consumer groups of our streams (created when missing), then the heartbeat and cards."""
         for name in self.models:
             try:
                 self.r.xgroup_create(q.stream_key(name), q.GROUP, id="0", mkstream=True)
@@ -91,7 +121,7 @@ class Worker:
         self.heartbeat.publish()
 
     # ---- reading -------------------------------------------------------------------
-    def read_batch(self, block_ms: int = 1000) -> list[Entry]:
+    def read_batch(self, block_ms: int = BLOCK_MS) -> list[Entry]:
         """Up to max_batch_size new entries: one blocking read, then (with a queue delay) polls."""
         streams = {q.stream_key(n): ">" for n in self.models}
         size = self.settings.max_batch_size
@@ -186,22 +216,58 @@ class Worker:
 
     def run(self) -> None:
         self.load()
+        try:
+            self.join()
+        except REDIS_DOWN as e:  # not up yet (or down): wait for it rather than exit
+            self.wait_for_redis(e)
         self.heartbeat.start(self._stop)
         log.info("worker %s serving %s", self.consumer, ", ".join(self.models))
         try:
             while not self._stop.is_set():
-                batch = self._next_batch()
-                if batch:
-                    self.process(batch)
-        except redis.ConnectionError as e:
-            if not self._stop.is_set():
-                raise SystemExit(f"lost Redis: {e}") from e
+                self.step()
         finally:
             self._stop.set()
             try:
                 self.r.delete(q.worker_key(self.consumer))
             except redis.RedisError:
                 pass
+
+    def step(self) -> None:
+        """One batch; an outage or a Redis that came back empty is waited out and the worker re-joins."""
+        try:
+            batch = self._next_batch()
+            if batch:
+                self.process(batch)
+        except REDIS_DOWN as e:
+            self.wait_for_redis(e)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("the consumer groups are gone (Redis restarted empty?): re-creating them")
+            self.rejoin()
+
+    def wait_for_redis(self, error: Exception) -> None:
+        """One line per outage, then a ping with exponential backoff until Redis answers (or we stop)."""
+        log.warning("lost Redis (%s); the jobs in hand stay pending; waiting for it", type(error).__name__)
+        t0, failures = time.monotonic(), 0
+        while not self._stop.is_set():
+            try:
+                self.r.ping()
+                break
+            except redis.RedisError:  # LOADING included (a BusyLoadingError is a ConnectionError)
+                failures += 1
+                self._stop.wait(BACKOFF.compute(failures))
+        if not self._stop.is_set():
+            log.warning("Redis is back after %.1f s", time.monotonic() - t0)
+            self.rejoin()
+
+    def rejoin(self) -> None:
+        """Groups, heartbeat and cards again; a Redis that fails meanwhile is waited out by the next step."""
+        try:
+            self.join()
+            self._last_claim = 0.0  # reclaim at once what is left over from the outage
+        except REDIS_DOWN:
+            pass
 
     def stop(self, *_args: object) -> None:
         self._stop.set()
