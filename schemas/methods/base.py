@@ -24,7 +24,9 @@ class SmoothGradModifier(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
     samples: int = Field(25, ge=1, le=1000)
     noise_level: float = Field(0.15, ge=0.0, le=10.0, description="sigma / (x_max - x_min) on the normalised input")
-    seed: int | None = Field(None, description="seed of the noise draws; fixed seed gives the same map")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="seed of the noise draws; fixed seed gives the same map"
+    )
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class IntegratedGradientsParams(GradientParams):
         description="std of the Gaussian blur baseline, in pixels of the model's input; default min(H, W) / 10",
     )
     internal_batch_size: int = Field(16, ge=1, le=4096, description=BATCH_DOC)
-    seed: int = Field(0, description="seed of the uniform-noise baseline (same seed, same map)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the uniform-noise baseline (same seed, same map)")
 
     @field_validator("baseline")
     @classmethod
@@ -117,7 +117,7 @@ class SmoothGradParams(Params):
         "integrated_gradients, guided_gradcam, ...)",
     )
     base_params: dict[str, Any] | None = Field(None, description="parameters of the base method")
-    seed: int = Field(0, description="seed of the noise draws (same request and seed, same map)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the noise draws (same request and seed, same map)")
     internal_batch_size: int = Field(16, ge=1, le=4096, description=BATCH_DOC)
 
     @model_validator(mode="after")

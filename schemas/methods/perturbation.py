@@ -59,7 +59,7 @@ class AdversarialParams(Params):
     pixels: int = Field(1, ge=1, le=64, description="one_pixel: number of pixels the attack may change")
     population: int = Field(100, ge=4, le=2000, description="one_pixel: differential-evolution population size")
     iterations: int = Field(30, ge=1, le=1000, description="one_pixel: differential-evolution generations")
-    seed: int | None = Field(None, description=SEED_DOC + " (pgd random_start, one_pixel)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description=SEED_DOC + " (pgd random_start, one_pixel)")
 
 
 class OcclusionParams(Params):
@@ -101,7 +101,7 @@ class LimeParams(Params):
         "pre-softmax score z_t; probability = the softmax p_t (Ribeiro et al.; constant, hence a zero "
         "map with a warning, when the prediction is saturated at p_t = 1.0 in float32)",
     )
-    seed: int | None = Field(None, description=SEED_DOC)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description=SEED_DOC)
 
 
 class MeaningfulParams(Params):
@@ -145,7 +145,7 @@ class MeaningfulParams(Params):
         le=64,
         description="the mask lives on a grid `mask_scale` times coarser than the input and is upsampled bilinearly",
     )
-    seed: int | None = Field(None, description=SEED_DOC + " (mask jitter)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description=SEED_DOC + " (mask jitter)")
 
 
 class GeneratorParams(Params):

@@ -16,16 +16,17 @@ from schemas.queue import CompareJob, EvaluateJob
 from workers.evaluation import compare, compare_methods, evaluate, ground_truth_mask
 from workers.explain.base import Progress
 from workers.models.loading import LoadedModel
+from workers.serving.pipeline import Limits
 
 
 def _timings(t0: float) -> EvaluateTimings:
     return EvaluateTimings(compute_ms=round((time.perf_counter() - t0) * 1000, 3))
 
 
-def run_evaluate(model: LoadedModel, job: EvaluateJob, max_pixels: int, progress: Progress) -> EvaluateResponse:
+def run_evaluate(model: LoadedModel, job: EvaluateJob, limits: Limits, progress: Progress) -> EvaluateResponse:
     t0 = time.perf_counter()
     req = job.request
-    images = [decode_image(b, max_pixels) for b in req.images]
+    images = [decode_image(b, limits.max_image_pixels) for b in req.images]
     x = model.preprocess(images)
     masks = None
     if req.ground_truth is not None:
@@ -43,13 +44,17 @@ def run_evaluate(model: LoadedModel, job: EvaluateJob, max_pixels: int, progress
         gt_mask=masks,
         progress=progress,
         per_sample=req.per_sample,
+        max_image_pixels=limits.max_image_pixels,
     )
     return EvaluateResponse(id=job.id, model=model.name, images=len(images), results=results, timings=_timings(t0))
 
 
 def _map(m: MapIn, max_pixels: int) -> np.ndarray:
     if m.array is not None:
-        data = base64.b64decode(m.array.data)
+        try:
+            data = base64.b64decode(m.array.data, validate=True)
+        except ValueError as e:  # binascii.Error is a ValueError
+            raise ValidationProblem("array data is not valid base64", field="map") from e
         shape = m.array.shape
         if len(data) != 4 * shape[0] * shape[1]:
             raise ValidationProblem(f"array data has {len(data)} bytes for shape {shape}", field="map")
@@ -59,9 +64,10 @@ def _map(m: MapIn, max_pixels: int) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
 
 
-def run_compare(model: LoadedModel, job: CompareJob, max_pixels: int, progress: Progress) -> CompareResponse:
+def run_compare(model: LoadedModel, job: CompareJob, limits: Limits, progress: Progress) -> CompareResponse:
     t0 = time.perf_counter()
     req = job.request
+    max_pixels = limits.max_image_pixels
     if req.map_a is not None and req.map_b is not None:
         a, b = _map(req.map_a, max_pixels), _map(req.map_b, max_pixels)
         if a.shape != b.shape:
@@ -72,7 +78,9 @@ def run_compare(model: LoadedModel, job: CompareJob, max_pixels: int, progress: 
     assert req.image is not None and req.methods is not None  # CompareRequest: maps, or image and two methods
     x = model.preprocess([decode_image(req.image, max_pixels)])
     ma, mb = req.methods
-    values = compare_methods(model, x, ma, mb, target=job.target_index, metrics=req.metrics)
+    values = compare_methods(
+        model, x, ma, mb, target=job.target_index, metrics=req.metrics, max_image_pixels=max_pixels
+    )
     progress(1.0)
     return CompareResponse(
         id=job.id, model=model.name, methods=[ma.name, mb.name], metrics=values, timings=_timings(t0)
@@ -80,9 +88,9 @@ def run_compare(model: LoadedModel, job: CompareJob, max_pixels: int, progress: 
 
 
 def run_job(
-    model: LoadedModel, job: EvaluateJob | CompareJob, max_pixels: int, progress: Progress
+    model: LoadedModel, job: EvaluateJob | CompareJob, limits: Limits, progress: Progress
 ) -> EvaluateResponse | CompareResponse:
-    """An evaluate or compare job, by its kind."""
+    """An evaluate or compare job, by its kind, under the worker's ``limits``."""
     if isinstance(job, EvaluateJob):
-        return run_evaluate(model, job, max_pixels, progress)
-    return run_compare(model, job, max_pixels, progress)
+        return run_evaluate(model, job, limits, progress)
+    return run_compare(model, job, limits, progress)

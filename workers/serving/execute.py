@@ -1,12 +1,13 @@
 """The jobs of one model from one read of the queue: each is admitted (not cancelled, a model this
-worker serves, marked running), then the explain jobs run together through the pipeline and each
-evaluate / compare job runs alone; every end goes through ``workers.serving.outcome``."""
+worker serves, not already finished by another worker, marked running), then the explain jobs run
+together through the pipeline and each evaluate / compare job runs alone; every end goes through
+``workers.serving.outcome``. A job that raises fails alone (its problem stored), never the worker
+or the other jobs; only Redis being unreachable propagates (docs/robustness-worker.md)."""
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 
 import redis
 
@@ -16,28 +17,25 @@ from schemas import queue as q
 from schemas.api import Timings
 from schemas.problems import CancelledProblem, Problem, WorkerFailure
 from schemas.settings import Settings
-from schemas.status import JobStatus
 from workers.models.loading import LoadedModel
 from workers.serving.evaluation_jobs import run_job
-from workers.serving.outcome import Delivery, Outcomes
-from workers.serving.pipeline import Item, run_batch
+from workers.serving.outcome import REDIS_DOWN, Delivery, Outcomes
+from workers.serving.pipeline import Item, Limits, internal_error, run_batch
 from workers.serving.reporter import JobReporter
 
 log = logging.getLogger("whitebox.worker")
+
+__all__ = ["Executor", "internal_error"]
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def internal_error(e: Exception) -> WorkerFailure:
-    """A bug fails the job, not the worker."""
-    return WorkerFailure(f"internal error: {type(e).__name__}: {e}")
-
-
 class Executor:
     def __init__(self, r: redis.Redis, settings: Settings, metrics: WorkerMetrics, outcomes: Outcomes):
         self.r, self.settings, self.metrics, self.outcomes = r, settings, metrics, outcomes
+        self.limits = Limits.of(settings)
 
     def run(self, model: LoadedModel | None, name: str, deliveries: list[Delivery]) -> None:
         """Every job of ``deliveries`` (all for model ``name``; ``model`` None: not served here) ends."""
@@ -63,14 +61,16 @@ class Executor:
         if model is None:
             self.outcomes.fail(d, WorkerFailure(f"this worker does not serve model {name!r}"))
             return False
-        self.r.hset(q.job_key(d.job.id), mapping={"status": JobStatus.running.value, "started": f"{now:.6f}"})
-        return True
+        return self.outcomes.start(d, now)
 
     def _item(self, d: Delivery, job: q.ExplainJob) -> Item | None:
         try:
-            image = decode_image(job.request.image, self.settings.max_image_pixels)
+            image = decode_image(job.request.image, self.limits.max_image_pixels)
         except Problem as e:
             self.outcomes.fail(d, e)
+            return None
+        except Exception as e:  # a decoder bug fails the job, not the worker
+            self.outcomes.fail(d, internal_error(e))
             return None
         progress = JobReporter(self.r, job.id).progress()
         return Item(request=job.request, image=image, target_index=job.target_index, progress=progress)
@@ -80,11 +80,13 @@ class Executor:
         self.metrics.batch_size.labels(name).observe(len(items))
         t0 = time.perf_counter()
         try:
-            run_batch(model, items)
-        except Exception as e:  # a bug must fail the jobs, not the worker
-            log.error("batch failed: %s", traceback.format_exc())
+            run_batch(model, items, limits=self.limits)
+        except REDIS_DOWN:
+            raise
+        except Exception as e:  # run_batch isolates its items; this is a bug in that, not in a job
+            error = internal_error(e)
             for it in items:
-                it.error = internal_error(e)
+                it.error = it.error or error
         batch_ms = _ms(time.perf_counter() - t0)
         for d, it in batch:
             if it.result is None:
@@ -101,12 +103,13 @@ class Executor:
     def _run_single(self, model: LoadedModel, d: Delivery, job: q.EvaluateJob | q.CompareJob, now: float) -> None:
         """An evaluate / compare job: alone, with progress and cancellation."""
         try:
-            response = run_job(model, job, self.settings.max_image_pixels, JobReporter(self.r, job.id).progress())
+            response = run_job(model, job, self.limits, JobReporter(self.r, job.id).progress())
+        except REDIS_DOWN:
+            raise
         except Problem as e:
             self.outcomes.fail(d, e)
             return
         except Exception as e:  # a bug must fail the job, not the worker
-            log.error("%s job failed: %s", job.kind, traceback.format_exc())
             self.outcomes.fail(d, internal_error(e))
             return
         response.timings.queue_ms = _ms(max(0.0, now - job.enqueued_at))

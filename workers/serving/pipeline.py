@@ -2,10 +2,15 @@
 target, run each distinct method call once over the samples that asked for it, post-process and
 render. The worker (``workers.serving.execute``) and the CLI both call :func:`run_batch`; the
 requests are validated ``ExplainRequest`` models and every default is read from them
-(docs/architecture.md, "The path of one request")."""
+(docs/architecture.md, "The path of one request").
+
+One bad item fails only itself: a batch of several that raises unexpectedly (preprocessing, a
+forward, a fused pass, an ``attribute()`` group, rendering) is run again item by item, so the item
+that raises alone gets the problem and the others get their results alone (docs/robustness-worker.md)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +29,39 @@ from schemas.api import (
     Timings,
 )
 from schemas.methods import default_reduce
+from schemas.problems import WorkerFailure
+from schemas.settings import Settings
 from workers.errors import ExplainError
 from workers.explain import attribute
-from workers.explain.base import NO_PROGRESS, Progress
+from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, NO_PROGRESS, Progress
 from workers.explain.fused import FusedCall, FusedPass, call_key, plan_call
 from workers.explain.postprocess import display_map, normalize, reduce_channels, resize
 from workers.models.loading import LoadedModel
 from workers.serving import render
+from workers.serving.outcome import REDIS_DOWN
 from workers.serving.targets import check_index
+
+log = logging.getLogger("whitebox.worker")
+
+
+def internal_error(e: BaseException) -> WorkerFailure:
+    """A bug fails its job, not the worker. The answer names the exception's type only (its text may
+    carry file paths or heap addresses); the traceback goes to the log."""
+    log.error("job failed with %s", type(e).__name__, exc_info=e)
+    return WorkerFailure(f"internal error ({type(e).__name__}) while computing this job; the worker logged it")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The worker's bounds a batch runs under (``schemas.settings``): the largest image a method's
+    params may carry, and the memory bound of one job."""
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    job_memory_bytes: int = Settings.model_fields["job_memory_bytes"].default
+
+    @classmethod
+    def of(cls, s: Settings) -> Limits:
+        return cls(max_image_pixels=s.max_image_pixels, job_memory_bytes=s.job_memory_bytes)
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,7 @@ class _Batch:
 
     model: LoadedModel
     items: list[Item]
+    limits: Limits
     x: torch.Tensor
     calls: list[dict[str, MethodCall]]  # per item: call key -> call (a call asked twice runs once)
     predict_ms: list[float]
@@ -88,7 +119,7 @@ class _Batch:
     outs: dict[tuple[int, str], Explanation] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, model: LoadedModel, items: list[Item]) -> _Batch:
+    def prepare(cls, model: LoadedModel, items: list[Item], limits: Limits) -> _Batch:
         n = len(items)
         t0 = time.perf_counter()
         x = model.preprocess([it.image for it in items])
@@ -96,7 +127,7 @@ class _Batch:
         prep_ms = (time.perf_counter() - t0) * 1000 / max(n, 1)
         probs = torch.zeros(n, model.num_classes)
         targets = torch.zeros(n, dtype=torch.long)
-        return cls(model, items, x, calls, [prep_ms] * n, probs, targets, [0] * n)
+        return cls(model, items, limits, x, calls, [prep_ms] * n, probs, targets, [0] * n)
 
     def n_calls(self, i: int) -> int:
         return len(self.items[i].request.methods)
@@ -105,15 +136,38 @@ class _Batch:
         return self.items[i].error is None
 
 
-def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
-    """Fill ``item.result`` or ``item.error`` for every item (never raises for one bad item).
+def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True, limits: Limits | None = None) -> None:
+    """Fill ``item.result`` or ``item.error`` for every item (never raises for one bad item; only
+    Redis being unreachable, which is no job's fault, propagates).
 
     Items whose requests share the same set of fusable calls (``workers.explain.fused``)
     go through one fused pass: one forward gives the predictions and every fusable map,
     with one backward per distinct backward rule. The other calls run once per distinct
     call (same name and params) over the sub-batch of samples that asked for it.
-    ``fuse=False`` runs every call through ``attribute()`` (the reference path)."""
-    b = _Batch.prepare(model, items)
+    ``fuse=False`` runs every call through ``attribute()`` (the reference path). ``limits``: the
+    worker's bounds (its settings; the defaults of ``schemas.settings`` when not given).
+
+    A problem of one item (its target, its cancellation) or of one call (a method the model cannot
+    run) fails the items it concerns. Any other exception, anywhere in a batch of several, runs the
+    batch again item by item: the item that raises alone fails (500), and every other item's result
+    is exactly its result alone."""
+    limits = limits or Limits()
+    try:
+        _run(model, items, fuse, limits)
+    except REDIS_DOWN:
+        raise
+    except Exception as e:
+        if len(items) == 1:
+            items[0].result, items[0].error = None, e if isinstance(e, ExplainError) else internal_error(e)
+            return
+        log.warning("a batch of %d raised %s; running its items one by one", len(items), type(e).__name__)
+        for it in items:
+            it.result, it.error, it.compute_ms = None, None, 0.0
+            run_batch(model, [it], fuse, limits)
+
+
+def _run(model: LoadedModel, items: list[Item], fuse: bool, limits: Limits) -> None:
+    b = _Batch.prepare(model, items, limits)
     plans, fused_keys = _plan(b, fuse)
     for sig, idx in _fused_groups(fused_keys).items():
         _run_fused(b, sig, [plans[k] for k in sig], idx)
@@ -125,6 +179,40 @@ def run_batch(model: LoadedModel, items: list[Item], fuse: bool = True) -> None:
     for i in range(len(items)):
         if b.ok(i):
             _assemble(b, i)
+
+
+# ---- progress ---------------------------------------------------------------------------
+
+
+def _group_progress(b: _Batch, idx: list[int], span: int) -> Progress:
+    """The progress of a step over the items ``idx`` that advances each by ``span`` of its calls: the
+    item's own progress for one item; for several, a report to each, where a cancellation fails that
+    item alone (anything else its progress raises propagates)."""
+    subs = [
+        (i, b.items[i].progress.sub(b.done_calls[i] / b.n_calls(i), (b.done_calls[i] + span) / b.n_calls(i)))
+        for i in idx
+    ]
+    if len(subs) == 1:
+        return subs[0][1]
+
+    def report(fraction: float) -> None:
+        for i, p in subs:
+            if b.ok(i):
+                try:
+                    p(fraction)
+                except ExplainError as e:
+                    b.items[i].error = e
+
+    return Progress(report)
+
+
+def _report(it: Item, fraction: float) -> None:
+    """Progress of one item; a cancellation fails that item only."""
+    if it.error is None:
+        try:
+            it.progress(fraction)
+        except ExplainError as e:
+            it.error = e
 
 
 # ---- steps ------------------------------------------------------------------------------
@@ -180,8 +268,7 @@ def _run_fused(b: _Batch, sig: tuple[str, ...], calls: list[FusedCall], idx: lis
         return
     mask = torch.zeros(len(idx), dtype=torch.bool)
     mask[live] = True
-    first = idx[live[0]]
-    progress = b.items[first].progress.sub(0.0, len(sig) / b.n_calls(first)) if len(live) == 1 else NO_PROGRESS
+    progress = _group_progress(b, [idx[j] for j in live], len(sig))
     t1 = time.perf_counter()
     try:
         atts = fp.explain(b.targets[idx], mask, progress=progress)
@@ -193,6 +280,8 @@ def _run_fused(b: _Batch, sig: tuple[str, ...], calls: list[FusedCall], idx: lis
     ms = (time.perf_counter() - t1) * 1000 / (len(live) * len(sig))
     for j in live:
         i = idx[j]
+        if not b.ok(i):  # cancelled during the pass
+            continue
         for key, plan in zip(sig, calls, strict=True):
             att, call = atts[plan.key], b.calls[i][key]
             params = {**call.params, **att.used_params}
@@ -227,12 +316,18 @@ def _run_attribute(b: _Batch, key: str, call: MethodCall, idx: list[int]) -> Non
     idx = [i for i in idx if b.ok(i)]
     if not idx:
         return
-    first, k = idx[0], b.done_calls[idx[0]]
-    n = b.n_calls(first)
-    progress = b.items[first].progress.sub(k / n, (k + 1) / n) if len(idx) == 1 else NO_PROGRESS
+    progress = _group_progress(b, idx, 1)
     t1 = time.perf_counter()
     try:
-        att = attribute(b.model, b.x[idx], b.targets[idx], call.name, call.parsed, progress=progress)
+        att = attribute(
+            b.model,
+            b.x[idx],
+            b.targets[idx],
+            call.name,
+            call.parsed,
+            progress=progress,
+            max_image_pixels=b.limits.max_image_pixels,
+        )
     except ExplainError as e:
         for i in idx:
             b.items[i].error = e
@@ -240,6 +335,8 @@ def _run_attribute(b: _Batch, key: str, call: MethodCall, idx: list[int]) -> Non
     ms = (time.perf_counter() - t1) * 1000 / len(idx)
     params = {**call.params, **att.used_params}
     for j, i in enumerate(idx):
+        if not b.ok(i):  # cancelled during the call
+            continue
         b.done_calls[i] += 1
         if len(idx) > 1:
             _report(b.items[i], b.done_calls[i] / b.n_calls(i))
@@ -261,15 +358,6 @@ def _assemble(b: _Batch, i: int) -> None:
         target=TargetOut(class_index=t, label=model.labels[t]),
         explanations=explanations,
     )
-
-
-def _report(it: Item, fraction: float) -> None:
-    """Progress of one item; a cancellation fails that item only."""
-    if it.error is None:
-        try:
-            it.progress(fraction)
-        except ExplainError as e:
-            it.error = e
 
 
 # ---- post-processing --------------------------------------------------------------------
