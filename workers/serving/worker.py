@@ -38,6 +38,7 @@ from schemas.registry import Registry, load_registry
 from schemas.settings import Settings
 from workers.explain import applicability
 from workers.models.loading import LoadedModel, load_model
+from workers.serving.consumers import remove_dead_consumers
 from workers.serving.execute import Executor
 from workers.serving.heartbeat import Heartbeat, HeldJobs
 from workers.serving.outcome import Delivery, Entry, Job, Outcomes
@@ -90,7 +91,9 @@ class Worker:
         self.cards: dict[str, dict[str, Any]] = {}
         self.held = HeldJobs()
         # a computed job's outcome outlives a short outage: its own client, retried for longer
-        self.outcomes = Outcomes(connect(settings, OUTCOME_RETRIES), self.metrics, settings.result_ttl_s)
+        self.outcomes = Outcomes(
+            connect(settings, OUTCOME_RETRIES), self.metrics, settings.result_ttl_s, settings.max_result_bytes
+        )
         self.executor = Executor(self.r, settings, self.metrics, self.outcomes)
         # the heartbeat thread has its own connection
         self.heartbeat = Heartbeat(connect(settings, retries=1), self.consumer, self.cards, self.held)
@@ -170,6 +173,7 @@ class Worker:
             else:
                 log.warning("reclaimed %s from %s (delivery %d)", mid, stream, deliveries)
                 out.append(entry)
+        remove_dead_consumers(self.r, stream, s.claim_idle_ms, self.consumer)
         return out
 
     def dead_letter(self, entry: Entry, deliveries: int) -> None:
