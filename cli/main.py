@@ -1,4 +1,4 @@
-"""The `whitebox` command: serve (all in one), gateway, worker, explain, models, report.
+"""The `whitebox` command: serve (all in one), gateway, worker, explain, models, report, hash-key.
 
 The commands that run the worker side import it inside the command: `whitebox gateway` runs the
 gateway in this process, which must not load torch or the worker package (docs/architecture.md, "The layout")."""
@@ -23,6 +23,7 @@ from schemas.api import ExplainRequest
 from schemas.problems import Problem
 from schemas.registry import load_registry
 from schemas.settings import Settings
+from service.keys import hash_key, new_key
 from service.server import run as run_gateway
 
 
@@ -191,6 +192,21 @@ def _problem(p: Problem) -> int:
     return 1
 
 
+def cmd_hash_key(args) -> int:
+    """The salted hash of a key read from stdin, or (--new) a new random key and its hash."""
+    if args.new:
+        key = new_key()
+        print(f"key:  {key}")
+        print(f"hash: {hash_key(key)}")
+        return 0
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("whitebox hash-key: no key on stdin (or use --new)", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
 def cmd_report(args, rest) -> int:
     from workers.evaluation.report import main as report_main  # torch stays out of the gateway commands
 
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="predicted")
     p.add_argument("--output", default="overlay_png", choices=["heatmap_png", "overlay_png", "mask_png"])
     p.add_argument("--out", default="explanations")
+    p = sub.add_parser("hash-key", help="the salted hash of an API key on stdin (for WHITEBOX_API_KEY_HASHES)")
+    p.add_argument("--new", action="store_true", help="generate a new random key and print it with its hash")
     sub.add_parser("report", help="evaluation report of §7 metrics (see `whitebox report --help`)", add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("report", "bench"):  # `bench`: the name before the speed suite took it
@@ -227,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker": cmd_worker,
         "models": cmd_models,
         "explain": cmd_explain,
+        "hash-key": cmd_hash_key,
     }[args.cmd](args)
 
 

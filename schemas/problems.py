@@ -99,6 +99,16 @@ class Unauthorized(Problem):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
 
+class TooManyRequests(Problem):
+    """A rate limit, a job quota or the lockout after wrong API keys (with Retry-After)."""
+
+    status, title, slug = 429, "Too many requests", "too-many-requests"
+
+
+class RequestTimeout(Problem):
+    status, title, slug = 408, "Request timeout", "request-timeout"
+
+
 class Overloaded(Problem):
     status, title, slug = 503, "Service overloaded", "overloaded"
 

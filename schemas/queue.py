@@ -12,6 +12,11 @@ Layout (prefix ``whitebox:``)::
     events              pub/sub channel: job id whose result was stored
     worker:{worker_id}  heartbeat: JSON {models, pid, ts}               (short TTL)
     model:{name}        JSON model card published by a worker           (TTL)
+    rate:{client}       hash: token bucket of an API key or address     (TTL)
+    quota:{client}      sorted set: job ids a key or address has queued (TTL)
+    authfail:{address}  count of wrong API keys from an address         (TTL 60 s)
+
+A ``client`` is ``key-<sha256 prefix of the key>`` or ``addr-<address>`` (``service.quota``).
 """
 
 from __future__ import annotations
@@ -62,6 +67,18 @@ WORKER_PATTERN = PREFIX + "worker:*"
 
 def model_key(name: str) -> str:
     return f"{PREFIX}model:{name}"
+
+
+def rate_key(client: str) -> str:
+    return f"{PREFIX}rate:{client}"
+
+
+def quota_key(client: str) -> str:
+    return f"{PREFIX}quota:{client}"
+
+
+def auth_failures_key(address: str) -> str:
+    return f"{PREFIX}authfail:{address}"
 
 
 def new_job_id() -> str:

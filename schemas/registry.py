@@ -1,11 +1,22 @@
-"""Model-registry configuration: one YAML file names the models a worker loads (docs/architecture.md)."""
+"""Model-registry configuration: one YAML file names the models a worker loads (docs/architecture.md).
+
+What a registry may name is bounded when it is loaded: each architecture starts with one of the allowed
+module prefixes (``registry_architectures``), and each weights or labels file lies in the registry's folder
+or the committed weights folder (``workers/models/weights``) unless ``registry_any_path`` is set."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.settings import Settings
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "workers" / "models"
+DEFAULT_REGISTRY = MODELS_DIR / "registry" / "default.yaml"
+WEIGHTS_DIR = MODELS_DIR / "weights"  # the committed weights: allowed to every registry
 
 
 class InputSpec(BaseModel):
@@ -50,15 +61,40 @@ class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: list[ModelEntry]
     base_dir: Path | None = Field(None, exclude=True)
+    any_path: bool = Field(False, exclude=True)
 
     def get(self, name: str) -> ModelEntry | None:
         return next((m for m in self.models if m.name == name), None)
 
     def resolve(self, path: str) -> Path:
+        """A weights or labels file of the registry; ValueError when it lies outside the allowed folders."""
         p = Path(path)
         if not p.is_absolute() and self.base_dir is not None:
             p = self.base_dir / p
+        if self.any_path:
+            return p
+        real = p.resolve()
+        roots = [r.resolve() for r in (self.base_dir, WEIGHTS_DIR) if r is not None]
+        if not any(real.is_relative_to(r) for r in roots):
+            raise ValueError(
+                f"{path!r} lies outside the registry's folder and {WEIGHTS_DIR.name}/ (set registry_any_path to allow)"
+            )
         return p
+
+    def check(self, architectures: Sequence[str]) -> None:
+        """Refuse an entry whose architecture has no allowed prefix or whose files lie outside the folders."""
+        for m in self.models:
+            if not any(m.architecture.startswith(prefix) for prefix in architectures):
+                raise ValueError(
+                    f"model {m.name!r}: architecture {m.architecture!r} is not under an allowed module prefix "
+                    f"({', '.join(architectures) or 'none'}; setting registry_architectures)"
+                )
+            for field, path in (("weights", m.weights), ("labels_file", m.labels_file)):
+                if path is not None:
+                    try:
+                        self.resolve(path)
+                    except ValueError as e:
+                        raise ValueError(f"model {m.name!r}: {field} {e}") from None
 
     def labels_of(self, entry: ModelEntry) -> list[str]:
         if entry.labels is not None:
@@ -71,12 +107,17 @@ class Registry(BaseModel):
         return [str(i) for i in range(entry.num_classes)]
 
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "workers" / "models" / "registry" / "default.yaml"
-
-
-def load_registry(path: str | Path | None = None) -> Registry:
+def load_registry(path: str | Path | None = None, settings: Settings | None = None) -> Registry:
+    """The registry at ``path`` (the default one when None), checked against the allow-list and folder
+    rules of ``settings`` (this process' settings when None); a one-line SystemExit naming the entry otherwise."""
+    s = settings or Settings.from_env()
     p = Path(path) if path else DEFAULT_REGISTRY
     data = yaml.safe_load(p.read_text())
     reg = Registry.model_validate(data)
     reg.base_dir = p.parent
+    reg.any_path = s.registry_any_path
+    try:
+        reg.check(s.registry_architectures)
+    except ValueError as e:
+        raise SystemExit(f"whitebox: registry {p}: {e}") from None
     return reg

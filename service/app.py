@@ -54,5 +54,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     # the outermost middleware last: the body limit refuses before anything else runs
     app.add_middleware(RequestMetrics, metrics=gateway.metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     return app

@@ -1,12 +1,15 @@
 """How a POST body reaches its typed parameter. The route classes here check the API key, then read the
 body before FastAPI validates it against the route's request model: JSON whatever the content type (a
 body that is no JSON object is a 422 saying so), and, for explain, multipart/form-data with the image as
-a file field, turned into the same JSON object (docs/architecture.md)."""
+a file field, turned into the same JSON object (docs/architecture.md). JSON nesting is bounded by
+``max_json_depth`` (measured before parsing, without recursion), and the form's fields and files by
+count."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
@@ -14,13 +17,18 @@ from typing import Any, ClassVar
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
 from schemas.problems import ValidationProblem
-from service.deps import RECEIVED, authenticate, require_key
+from service.deps import RECEIVED, authenticate, get_gateway, require_key
 
 JSON_FIELDS = ("methods", "outputs")  # a JSON array, or repeated fields (a name or a JSON object each)
 INT_FIELDS = ("top_k", "target")  # digits are numbers
+MAX_FORM_FIELDS, MAX_FORM_FILES = 64, 1
+# a JSON string (skipped whole, escapes included) or a bracket: what nesting depth is counted from
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_OPENING = frozenset(b"[{")
 
 
 class ParsedRequest(Request):
@@ -38,10 +46,33 @@ class ParsedRequest(Request):
         return self._data
 
 
+def json_depth(raw: bytes, limit: int) -> int:
+    """The nesting depth of a JSON text, counted up to ``limit + 1`` (brackets inside strings aside)."""
+    depth = deepest = 0
+    for m in _JSON_TOKENS.finditer(raw):
+        c = raw[m.start()]
+        if c in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif c != 0x22:  # a closing bracket; 0x22 is a string
+            depth -= 1
+    return deepest
+
+
+def loads_bounded(raw: bytes | str, limit: int, what: str = "body") -> Any:
+    """``json.loads`` of a text nested at most ``limit`` deep (a 422 saying so otherwise)."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if json_depth(data, limit) > limit:
+        raise ValidationProblem(f"{what}: JSON nested deeper than {limit} levels")
+    return json.loads(data)
+
+
 async def json_object(request: Request) -> tuple[dict[str, Any], bytes]:
     raw = await request.body()
     try:
-        data = json.loads(raw)
+        data = loads_bounded(raw, get_gateway(request).settings.max_json_depth)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValidationProblem(f"body is not valid JSON: {e}") from e
     if not isinstance(data, dict):
@@ -49,29 +80,37 @@ async def json_object(request: Request) -> tuple[dict[str, Any], bytes]:
     return data, raw
 
 
-def _form_list(current: Any, value: str) -> Any:
+def _form_list(current: Any, value: str, limit: int, key: str) -> Any:
     v = value.strip()
     if v.startswith("["):
-        return json.loads(v)
-    return [*(current or []), json.loads(v) if v.startswith("{") else v]
+        return loads_bounded(v, limit, key)
+    return [*(current or []), loads_bounded(v, limit, key) if v.startswith("{") else v]
 
 
 async def form_object(request: Request) -> dict[str, Any]:
     """multipart/form-data -> the JSON object of the same request (the image file as base64)."""
+    limit = get_gateway(request).settings.max_json_depth
+    try:
+        async with request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS) as form:
+            return await _form_fields(form.multi_items(), limit)
+    except HTTPException as e:  # Starlette's multipart errors: too many parts, a malformed body
+        raise ValidationProblem(f"invalid multipart form: {e.detail}") from None
+
+
+async def _form_fields(items: list[tuple[str, str | UploadFile]], limit: int) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    async with request.form() as form:
-        try:
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):  # the image; a file anywhere else fails validation
-                    data[key] = base64.b64encode(await value.read()).decode() if key == "image" else value
-                elif key in JSON_FIELDS:
-                    data[key] = _form_list(data.get(key), value)
-                elif key in INT_FIELDS and value.isdigit():
-                    data[key] = int(value)
-                else:
-                    data[key] = value
-        except json.JSONDecodeError as e:
-            raise ValidationProblem(f"a form field is not valid JSON: {e}") from e
+    try:
+        for key, value in items:
+            if isinstance(value, UploadFile):  # the image; a file anywhere else fails validation
+                data[key] = base64.b64encode(await value.read()).decode() if key == "image" else value
+            elif key in JSON_FIELDS:
+                data[key] = _form_list(data.get(key), value, limit, key)
+            elif key in INT_FIELDS and value.isdigit():
+                data[key] = int(value)
+            else:
+                data[key] = value
+    except json.JSONDecodeError as e:
+        raise ValidationProblem(f"a form field is not valid JSON: {e}") from e
     return data
 
 

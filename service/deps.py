@@ -1,11 +1,10 @@
 """Dependencies of the routes: the gateway state, its settings, and the API-key check (declared with
-FastAPI's security classes so that the spec carries the scheme; docs/architecture.md)."""
+FastAPI's security classes so that the spec carries the scheme; docs/architecture.md). The check also
+applies the lockout after wrong keys and the client's rate limit (``service.quota``)."""
 
 from __future__ import annotations
 
-import hmac
 import time
-from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -13,6 +12,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from schemas.problems import Unauthorized
 from schemas.settings import Settings
+from service import quota
+from service.keys import identity, key_is_valid
 from service.state import Gateway
 
 bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token: `Authorization: Bearer <key>`")
@@ -33,40 +34,48 @@ def get_settings(gw: GatewayDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CHECKED = "whitebox.key-checked"  # scope key: the key check (and the rate limit) ran for this request
 
 
-def key_is_valid(given: str, keys: Iterable[str]) -> bool:
-    """``given`` equals one of ``keys``; every key is compared, each in constant time."""
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given.encode(), key.encode())
-    return found
+def keys_configured(settings: Settings) -> bool:
+    return bool(settings.api_keys or settings.api_key_hashes)
 
 
-def check_key(settings: Settings, token: HTTPAuthorizationCredentials | None, header: str | None) -> None:
-    """With API keys configured, the request carries one (bearer token, else X-API-Key); 401 otherwise."""
-    if not settings.api_keys:
+async def check_key(request: Request, token: HTTPAuthorizationCredentials | None, header: str | None) -> None:
+    """With API keys configured (plain or hashed), the request carries one (bearer token, else X-API-Key):
+    401 otherwise, 429 while its address is locked out after too many wrong keys. Then the client (the
+    key's hash, or the address without keys) takes a token of its rate limit."""
+    if request.scope.get(CHECKED):  # a body route checked it before reading the body
         return
-    given = token.credentials if token is not None else header or ""
-    if not key_is_valid(given, settings.api_keys):
-        raise Unauthorized(
-            "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    gw = get_gateway(request)
+    settings = gw.settings
+    if keys_configured(settings):
+        address = quota.client_address(request)
+        await quota.check_lockout(gw, address)
+        given = token.credentials if token is not None else header or ""
+        if not key_is_valid(given, settings.api_keys, settings.api_key_hashes):
+            await quota.note_failure(gw, address)
+            raise Unauthorized(
+                "missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        request.scope[quota.CLIENT] = "key-" + identity(given)
+    await quota.take_token(gw, request)
+    request.scope[CHECKED] = True
 
 
 async def require_key(
-    settings: SettingsDep,
+    request: Request,
     token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     header: Annotated[str | None, Security(api_key_header)],
 ) -> None:
-    check_key(settings, token, header)
+    await check_key(request, token, header)
 
 
 async def authenticate(request: Request) -> None:
     """:func:`require_key` for the body routes (``service.bodies``), which check the key before
     they read the body: an unauthenticated upload is refused unread."""
-    check_key(get_gateway(request).settings, await bearer(request), await api_key_header(request))
+    await check_key(request, await bearer(request), await api_key_header(request))
 
 
 AUTH = [Depends(require_key)]

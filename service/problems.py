@@ -53,17 +53,19 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    p = Problem(str(exc.detail))
+    p = Problem(str(exc.detail), headers=dict(exc.headers or {}))  # a 405 keeps its Allow header
     p.status, p.title, p.slug = exc.status_code, str(exc.detail), "http-" + str(exc.status_code)
     return problem_response(p)
 
 
 async def on_redis_down(request: Request, exc: Exception) -> Response:
-    """Redis unreachable (refused, timed out, loading): 503 + Retry-After, never a 500 or a traceback."""
+    """Redis unreachable (refused, timed out, loading) or full (at maxmemory with nothing left to evict):
+    503 + Retry-After, never a 500 or a traceback."""
     log.warning("Redis unreachable: %s", type(exc).__name__)
     retry = request.app.state.gateway.settings.retry_after_s
+    state = "is full" if isinstance(exc, redis_errors.OutOfMemoryError) else "is unreachable"
     return problem_response(
-        Unavailable("the job queue (Redis) is unreachable; retry later", headers={"Retry-After": str(retry)})
+        Unavailable(f"the job queue (Redis) {state}; retry later", headers={"Retry-After": str(retry)})
     )
 
 
@@ -76,7 +78,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for exc in (redis_errors.ConnectionError, redis_errors.TimeoutError):
+    for exc in (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError):
         app.add_exception_handler(exc, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
 

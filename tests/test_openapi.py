@@ -10,6 +10,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from cli.embedded_redis import EmbeddedRedis
 from schemas.api import MethodInfo, ModelInfo
 from schemas.methods import CATALOG
 from schemas.registry import load_registry
@@ -173,12 +174,19 @@ def test_openapi_json_served(client):
     assert json.loads(r.text)["paths"]["/v1/explain"]["post"]["requestBody"]
 
 
-# ---- the contract's behaviour at the door (answered before any Redis call) --------------------
+# ---- the contract's behaviour at the door (answered before the body is read) --------------------
 
 
 @pytest.fixture(scope="module")
-def keyed():
-    return TestClient(create_app(Settings(redis_url="redis://127.0.0.1:1/0", api_keys="k1,k2", max_body_bytes=50_000)))
+def keyed(tmp_path_factory):
+    """With keys, the check reads the address' wrong-key count (service.quota): a real Redis, no worker."""
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("keyed-redis")).start()
+    app = create_app(Settings(redis_url=redis.url, api_keys="k1,k2", max_body_bytes=50_000))
+    try:
+        with TestClient(app) as c:
+            yield c
+    finally:
+        redis.stop()
 
 
 def test_api_key_before_the_body(keyed):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas.api import CompareRequest, CompareResponse, EvaluateRequest, EvaluateResponse, JobAccepted
 from service.answers import answer
 from service.bodies import JsonBodyRoute
 from service.deps import AUTH, GatewayDep, ReceivedAt
+from service.quota import job_slots
 from service.spec import problems
 from service.submit import submit_compare, submit_evaluate
 
@@ -29,8 +30,12 @@ router = APIRouter(tags=["evaluate"], dependencies=AUTH, route_class=JsonBodyRou
     responses=RESPONSES,
     summary="Survey §7 metrics of methods on images (?wait=false: run as a job)",
 )
-async def evaluate(req: EvaluateRequest, gw: GatewayDep, received: ReceivedAt, wait: bool = True) -> JSONResponse:
-    return await answer(gw, await submit_evaluate(gw, req), received, wait)
+async def evaluate(
+    req: EvaluateRequest, gw: GatewayDep, received: ReceivedAt, request: Request, wait: bool = True
+) -> JSONResponse:
+    async with job_slots(gw, request, 1) as ids:
+        ids.append(await submit_evaluate(gw, req))
+    return await answer(gw, ids[0], received, wait)
 
 
 @router.post(
@@ -39,5 +44,9 @@ async def evaluate(req: EvaluateRequest, gw: GatewayDep, received: ReceivedAt, w
     responses=RESPONSES,
     summary="Map-vs-map metrics: two maps, or two methods on one image",
 )
-async def compare(req: CompareRequest, gw: GatewayDep, received: ReceivedAt, wait: bool = True) -> JSONResponse:
-    return await answer(gw, await submit_compare(gw, req), received, wait)
+async def compare(
+    req: CompareRequest, gw: GatewayDep, received: ReceivedAt, request: Request, wait: bool = True
+) -> JSONResponse:
+    async with job_slots(gw, request, 1) as ids:
+        ids.append(await submit_compare(gw, req))
+    return await answer(gw, ids[0], received, wait)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas.api import ExplainForm, ExplainRequest, ExplainResponse
 from service.answers import answer
 from service.bodies import JsonOrFormRoute
 from service.deps import AUTH, GatewayDep, ReceivedAt
+from service.quota import job_slots
 from service.spec import problems
 from service.submit import submit_explain
 
@@ -31,6 +32,8 @@ router = APIRouter(tags=["explain"], dependencies=AUTH, route_class=JsonOrFormRo
     openapi_extra=FORM_BODY,
     summary="Explain one image synchronously (JSON or multipart/form-data)",
 )
-async def explain(req: ExplainRequest, gw: GatewayDep, received: ReceivedAt) -> JSONResponse:
+async def explain(req: ExplainRequest, gw: GatewayDep, received: ReceivedAt, request: Request) -> JSONResponse:
     """The prediction and one map per method, rendered as asked; ``timings.total_ms`` since arrival."""
-    return await answer(gw, await submit_explain(gw, req), received)
+    async with job_slots(gw, request, 1) as ids:
+        ids.append(await submit_explain(gw, req))
+    return await answer(gw, ids[0], received)

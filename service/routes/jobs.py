@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas.api import ExplainRequest, JobAccepted, JobState
@@ -16,6 +16,7 @@ from schemas.status import JobStatus
 from service.answers import accepted, with_total
 from service.bodies import JsonOrFormRoute
 from service.deps import AUTH, GatewayDep
+from service.quota import job_slots
 from service.routes.explain import FORM_BODY
 from service.spec import problems
 from service.state import Gateway
@@ -69,8 +70,10 @@ async def job_state(gw: Gateway, job_id: str) -> dict[str, Any]:
     openapi_extra=FORM_BODY,
     summary="Queue an explain request as a job (JSON or multipart/form-data)",
 )
-async def create_job(req: ExplainRequest, gw: GatewayDep) -> JSONResponse:
-    return accepted(await submit_explain(gw, req))
+async def create_job(req: ExplainRequest, gw: GatewayDep, request: Request) -> JSONResponse:
+    async with job_slots(gw, request, 1) as ids:
+        ids.append(await submit_explain(gw, req))
+    return accepted(ids[0])
 
 
 @router.get(

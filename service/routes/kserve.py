@@ -3,7 +3,7 @@ instance explained like POST /v1/explain, with the request's ``parameters``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas.api import ExplainRequest, KServeExplainRequest, KServeExplainResponse, ModelReadiness
@@ -13,6 +13,7 @@ from service.answers import elapsed_ms, responses_of
 from service.bodies import JsonBodyRoute
 from service.deps import AUTH, GatewayDep, ReceivedAt
 from service.problems import validated
+from service.quota import job_slots
 from service.spec import problems
 from service.submit import submit_explain
 
@@ -49,9 +50,14 @@ async def kserve_model(name: str, gw: GatewayDep) -> ModelReadiness:
     responses=problems(401, 404, 409, 413, 422, 500, 503, 504),
     summary="Explain instances (KServe V1 explainer protocol)",
 )
-async def kserve_explain(name: str, body: KServeExplainRequest, gw: GatewayDep, received: ReceivedAt) -> JSONResponse:
+async def kserve_explain(
+    name: str, body: KServeExplainRequest, gw: GatewayDep, received: ReceivedAt, request: Request
+) -> JSONResponse:
     known(gw, name)
-    ids = [await submit_explain(gw, r) for r in instance_requests(name, body)]
+    reqs = instance_requests(name, body)
+    async with job_slots(gw, request, len(reqs)) as ids:
+        for r in reqs:
+            ids.append(await submit_explain(gw, r))
     answers = await responses_of(gw, ids)
     return JSONResponse(
         {
