@@ -144,7 +144,11 @@ def worker_pids_at(url: str) -> set[int]:
 def assert_same_processes(stack: Stack, pids: tuple[int, int]) -> None:
     assert len(stack.procs) == 2 and (stack.worker.pid, stack.gateway.pid) == pids  # none restarted
     assert stack.worker.poll() is None and stack.gateway.poll() is None, stack.logs()
-    assert worker_pids(stack) == {stack.worker.pid}
+    # the heartbeat is back at once (it retries with backoff while Redis fails)
+    deadline = time.monotonic() + q.HEARTBEAT_EVERY_S
+    while (live := worker_pids(stack)) != {stack.worker.pid} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live == {stack.worker.pid}, stack.logs()
 
 
 def worker_log(stack: Stack) -> str:
@@ -235,6 +239,28 @@ def test_sync_explain_sent_before_the_outage(outage_stack):
         assert r.status_code in (503, 504), r.text[:300]
         assert r.headers["content-type"].startswith("application/problem+json")
         assert str(s.redis.port) not in r.text and "Traceback" not in r.text
+    explain_until_ok(s, RECOVERY_S)
+    assert_same_processes(s, pids)
+
+
+def test_redis_out_of_memory(outage_stack):
+    """Redis at its maxmemory with nothing left to evict refuses writes: 503 + Retry-After, the worker
+    waits, and explain works again once there is room."""
+    s = outage_stack
+    pids = (s.worker.pid, s.gateway.pid)
+    r = redis.Redis.from_url(s.redis.url, decode_responses=True)
+    r.config_set("maxmemory", "1")  # every write refused, the job streams kept (volatile-ttl)
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            for method, path, body in [("POST", "/v1/explain", EXPLAIN), ("POST", "/v1/jobs", EXPLAIN)]:
+                p = c.request(method, path, json=body)
+                assert p.status_code == 503 and int(p.headers["retry-after"]) >= 1, p.text[:300]
+                assert p.headers["content-type"].startswith("application/problem+json")
+                assert "full" in p.json()["detail"], p.json()
+            assert c.get("/v1/models").status_code == 200  # reads still work
+        time.sleep(3.0)  # heartbeats refused meanwhile
+    finally:
+        r.config_set("maxmemory", "1gb")
     explain_until_ok(s, RECOVERY_S)
     assert_same_processes(s, pids)
 

@@ -99,6 +99,7 @@ class Worker:
         self.heartbeat = Heartbeat(connect(settings, retries=1), self.consumer, self.cards, self.held)
         self._stop = threading.Event()
         self._last_claim = 0.0
+        self._full = 0  # steps that met an out-of-memory Redis in a row
 
     # ---- start-up ------------------------------------------------------------------
     def load(self) -> None:
@@ -242,8 +243,15 @@ class Worker:
             batch = self._next_batch()
             if batch:
                 self.process(batch)
+            self._full = 0
         except REDIS_DOWN as e:
             self.wait_for_redis(e)
+        except redis.exceptions.OutOfMemoryError:  # writes refused at maxmemory: the jobs in hand stay pending
+            self._full += 1
+            if self._full == 1:
+                log.warning("Redis is out of memory (maxmemory); waiting for room")
+            self._stop.wait(BACKOFF.compute(self._full))
+            return
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
