@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from redis import exceptions as redis_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from schemas.problems import Problem, Unavailable, ValidationProblem
 
@@ -51,9 +52,27 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     return problem_response(validation_problem(exc))
 
 
+def allowed_methods(request: Request) -> str:
+    """The methods of every route whose path matches the request's (a 405's Allow, RFC 9110)."""
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "\0"}  # a method no route has: a path match is PARTIAL
+    routes = list(request.app.router.routes)
+    while routes:
+        route = routes.pop()
+        included = getattr(route, "original_router", None)  # FastAPI's included routers (no prefixes here)
+        if included is not None:
+            routes.extend(included.routes)
+        elif route.matches(scope)[0] is Match.PARTIAL:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    p = Problem(str(exc.detail), headers=dict(exc.headers or {}))  # a 405 keeps its Allow header
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the methods of the first route only
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    p = Problem(str(exc.detail), headers=headers)
     p.status, p.title, p.slug = exc.status_code, str(exc.detail), "http-" + str(exc.status_code)
     return problem_response(p)
 

@@ -48,13 +48,19 @@ TAGS: list[dict[str, Any]] = [
 WHEN = {
     401: "No API key, or an unknown one",
     404: "Unknown model or job",
+    408: "The request body was not received in time (body_timeout_s); the connection is closed",
     409: "The job was cancelled",
-    413: "The request body is over the limit",
-    422: "The request is invalid: schema, image, target, or a method that does not apply to the model",
+    413: "The request body is over the limit (max_body_bytes), chunked ones included",
+    422: "The request is invalid: schema, JSON nesting, image, target, or a method that does not apply to the model",
+    429: "Too many requests (rate limit), jobs (quota) or wrong API keys from this address; Retry-After says when",
     500: "The worker failed on the job",
     503: "Overloaded (too many jobs queued; Retry-After), or no worker or Redis",
     504: "No result in time; the job was cancelled",
 }
+# what any operation may answer before its route runs: a body too slow or too large (service.limits), and
+# 503 from the server at its connection limit (max_connections; uvicorn's text/plain answer)
+DOOR = (408, 413, 503)
+AT_CONNECTION_LIMIT = "Too many open connections (max_connections): the server's text/plain answer"
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -62,14 +68,29 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ProblemDetails, "description": WHEN[s]} for s in statuses}
 
 
+PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
+
+
 def problems_as_problem_json(spec: dict[str, Any]) -> dict[str, Any]:
     """FastAPI files an extra response's model under application/json; problem bodies are
-    application/problem+json."""
-    ref = {"$ref": "#/components/schemas/ProblemDetails"}
+    application/problem+json. Every operation also gets the answers of the door (``DOOR``)."""
     for path in spec.get("paths", {}).values():
         for operation in path.values():
-            for response in operation.get("responses", {}).values():
+            responses = operation.get("responses", {})
+            for response in responses.values():
                 content = response.get("content", {})
-                if content.get("application/json", {}).get("schema") == ref:
+                if content.get("application/json", {}).get("schema") == PROBLEM_REF:
                     content[PROBLEM_JSON] = content.pop("application/json")
+            with_door_answers(responses)
     return spec
+
+
+def with_door_answers(responses: dict[str, Any]) -> None:
+    """The statuses of ``DOOR`` in one operation's responses; a 503 also as the server's text/plain."""
+    for status in DOOR:
+        entry = responses.setdefault(str(status), {"description": WHEN[status]})
+        entry.setdefault("content", {}).setdefault(PROBLEM_JSON, {"schema": PROBLEM_REF})
+    limit = responses["503"]
+    limit["content"].setdefault("text/plain", {"schema": {"type": "string"}})
+    if AT_CONNECTION_LIMIT not in limit["description"]:
+        limit["description"] += "; or " + AT_CONNECTION_LIMIT

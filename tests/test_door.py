@@ -295,6 +295,8 @@ def test_405_has_allow_and_no_server_header(door):
         assert r.headers["allow"] == "POST"
         r = c.post("/v1/models")
         assert r.status_code == 405 and r.headers["allow"] == "GET"
+        r = c.put("/v1/jobs/abc")  # two routes on the path: both methods
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
         for r in (c.get("/v2/health/live"), c.get("/v1/models"), c.get("/nowhere"), c.delete("/v1/explain")):
             assert "server" not in r.headers
 

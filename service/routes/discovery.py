@@ -46,12 +46,12 @@ async def model_info(gw: Gateway, entry: ModelEntry, live: set[str]) -> dict[str
     return {**card, "ready": entry.name in live}
 
 
-@router.get("/v1/models", response_model=ModelList, responses=problems(401), summary="The models served")
+@router.get("/v1/models", response_model=ModelList, responses=problems(401, 429), summary="The models served")
 async def list_models(gw: GatewayDep) -> JSONResponse:
     live = await gw.queue.live_models()
     return JSONResponse({"models": [await model_info(gw, m, live) for m in gw.registry.models]})
 
 
-@router.get("/v1/methods", response_model=MethodList, responses=problems(401), summary="The method catalog")
+@router.get("/v1/methods", response_model=MethodList, responses=problems(401, 429), summary="The method catalog")
 async def list_methods() -> MethodList:
     return MethodList(methods=[MethodInfo.model_validate(spec.describe()) for spec in CATALOG.values()])

@@ -19,7 +19,7 @@ from service.submit import submit_compare, submit_evaluate
 AS_JOB: dict[int | str, dict[str, Any]] = {
     202: {"model": JobAccepted, "description": "?wait=false: queued as a job, at the Location header"}
 }
-RESPONSES = {**AS_JOB, **problems(401, 404, 409, 413, 422, 500, 503, 504)}
+RESPONSES = {**AS_JOB, **problems(401, 404, 409, 413, 422, 429, 500, 503, 504)}
 
 router = APIRouter(tags=["evaluate"], dependencies=AUTH, route_class=JsonBodyRoute)
 

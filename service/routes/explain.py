@@ -20,7 +20,7 @@ from service.submit import submit_explain
 FORM_BODY: dict[str, Any] = {
     "requestBody": {"content": {"multipart/form-data": {"schema": ExplainForm.model_json_schema()}}}
 }
-EXPLAIN_PROBLEMS = problems(401, 404, 409, 413, 422, 500, 503, 504)
+EXPLAIN_PROBLEMS = problems(401, 404, 409, 413, 422, 429, 500, 503, 504)
 
 router = APIRouter(tags=["explain"], dependencies=AUTH, route_class=JsonOrFormRoute)
 

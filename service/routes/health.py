@@ -47,7 +47,7 @@ async def ready(gw: GatewayDep) -> Readiness:
     "/v2/models/{name}",
     dependencies=AUTH,
     response_model=ModelMetadata,
-    responses=problems(401, 404, 422),
+    responses=problems(401, 404, 422, 429),
     summary="Model metadata",
 )
 async def model_metadata(name: str, gw: GatewayDep) -> ModelMetadata:
@@ -71,7 +71,7 @@ async def model_metadata(name: str, gw: GatewayDep) -> ModelMetadata:
     response_model=ModelReadiness,
     responses={
         503: {"model": ModelReadiness, "description": "No live worker serves the model"},
-        **problems(401, 404, 422),
+        **problems(401, 404, 422, 429),
     },
     summary="Model readiness",
 )

@@ -66,7 +66,7 @@ async def job_state(gw: Gateway, job_id: str) -> dict[str, Any]:
     "/v1/jobs",
     status_code=202,
     response_model=JobAccepted,
-    responses={202: {"headers": LOCATION}, **problems(401, 404, 413, 422, 503)},
+    responses={202: {"headers": LOCATION}, **problems(401, 404, 413, 422, 429, 503)},
     openapi_extra=FORM_BODY,
     summary="Queue an explain request as a job (JSON or multipart/form-data)",
 )
@@ -79,7 +79,7 @@ async def create_job(req: ExplainRequest, gw: GatewayDep, request: Request) -> J
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobState,
-    responses=problems(401, 404, 422),
+    responses=problems(401, 404, 422, 429),
     summary="A job's status and progress; its result or problem once finished",
 )
 async def get_job(job_id: str, gw: GatewayDep) -> JSONResponse:
@@ -92,7 +92,7 @@ async def get_job(job_id: str, gw: GatewayDep) -> JSONResponse:
     responses={
         200: {"description": "The job had finished: nothing to cancel"},
         202: {"model": JobState, "description": "Cancellation requested: the worker stops at its next batch"},
-        **problems(401, 404, 422),
+        **problems(401, 404, 422, 429),
     },
     summary="Cancel a job",
 )

@@ -37,7 +37,10 @@ def instance_requests(name: str, body: KServeExplainRequest) -> list[ExplainRequ
 
 
 @router.get(
-    "/v1/models/{name}", response_model=ModelReadiness, responses=problems(401, 404, 422), summary="Model readiness"
+    "/v1/models/{name}",
+    response_model=ModelReadiness,
+    responses=problems(401, 404, 422, 429),
+    summary="Model readiness",
 )
 async def kserve_model(name: str, gw: GatewayDep) -> ModelReadiness:
     known(gw, name)
@@ -47,7 +50,7 @@ async def kserve_model(name: str, gw: GatewayDep) -> ModelReadiness:
 @router.post(
     "/v1/models/{name}:explain",
     response_model=KServeExplainResponse,
-    responses=problems(401, 404, 409, 413, 422, 500, 503, 504),
+    responses=problems(401, 404, 409, 413, 422, 429, 500, 503, 504),
     summary="Explain instances (KServe V1 explainer protocol)",
 )
 async def kserve_explain(
