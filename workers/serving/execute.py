@@ -6,7 +6,6 @@ or the other jobs; only Redis being unreachable propagates (docs/robustness-work
 
 from __future__ import annotations
 
-import logging
 import time
 
 import redis
@@ -22,10 +21,6 @@ from workers.serving.evaluation_jobs import run_job
 from workers.serving.outcome import REDIS_DOWN, Delivery, Outcomes
 from workers.serving.pipeline import Item, Limits, internal_error, run_batch
 from workers.serving.reporter import JobReporter
-
-log = logging.getLogger("whitebox.worker")
-
-__all__ = ["Executor", "internal_error"]
 
 
 def _ms(seconds: float) -> float:
