@@ -5,6 +5,7 @@ and unexpected exceptions into one (docs/architecture.md)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -23,8 +24,23 @@ PROBLEM_JSON = "application/problem+json"
 M = TypeVar("M", bound=BaseModel)
 
 
+# what an answer never shows: heap addresses (a repr's "at 0x7f..."), and source file paths of a traceback
+_INTERNALS = re.compile(r" at 0x[0-9a-fA-F]{4,}|(?:[A-Za-z]:)?(?:[/\\][\w.-]+)+\.py\b(?:\W+line \d+)?")
+
+
+def scrub(body: dict[str, Any]) -> dict[str, Any]:
+    """A problem body with heap addresses and source paths cut out of its detail and error messages."""
+    out = {**body, "detail": _INTERNALS.sub("", str(body.get("detail", "")))}
+    if isinstance(body.get("errors"), list):
+        out["errors"] = [
+            {**e, "msg": _INTERNALS.sub("", str(e.get("msg", "")))} if isinstance(e, dict) else e
+            for e in body["errors"]
+        ]
+    return out
+
+
 def problem_response(p: Problem) -> JSONResponse:
-    return JSONResponse(p.problem(), status_code=p.status, media_type=PROBLEM_JSON, headers=p.headers or None)
+    return JSONResponse(scrub(p.problem()), status_code=p.status, media_type=PROBLEM_JSON, headers=p.headers or None)
 
 
 def clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:

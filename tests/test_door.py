@@ -25,6 +25,7 @@ from schemas import queue as q
 from schemas.registry import load_registry
 from schemas.settings import Settings
 from service.keys import hash_key, key_is_valid, new_key, parse_hash
+from service.problems import scrub
 from tests.conftest import ROOT, WEIGHTS, Stack
 from tests.helpers import png_b64, random_image
 from workers.training.shapes import LABELS as SHAPES_LABELS
@@ -335,3 +336,15 @@ def test_gateway_refuses_a_bad_registry(door, tmp_path):
     )
     assert out.returncode != 0
     assert "architecture 'subprocess:run' is not under an allowed module prefix" in out.stdout + out.stderr
+
+
+def test_answers_never_show_heap_addresses_or_source_paths():
+    leaky = {
+        "detail": 'cannot identify image file <_io.BytesIO object at 0x7f3a2b1c9e50> (File "/srv/app/common/images.py",'
+        " line 12)",
+        "errors": [{"loc": ["body", "image"], "msg": "bad <object at 0xdeadbeef>"}],
+    }
+    clean = scrub(leaky)
+    assert "0x" not in json.dumps(clean) and "images.py" not in clean["detail"] and "/srv" not in clean["detail"]
+    assert clean["detail"].startswith("cannot identify image file <_io.BytesIO object>")
+    assert scrub({"detail": "unknown model 'a/b'"}) == {"detail": "unknown model 'a/b'"}  # client text stays

@@ -16,6 +16,7 @@ from schemas.status import JobStatus
 from service.answers import accepted, with_total
 from service.bodies import JsonOrFormRoute
 from service.deps import AUTH, GatewayDep
+from service.problems import scrub
 from service.quota import job_slots
 from service.routes.explain import FORM_BODY
 from service.spec import problems
@@ -40,7 +41,7 @@ def finished_fields(result: JobResult, h: dict[str, str]) -> dict[str, Any]:
         total_ms = round((float(h.get("finished", 0)) - float(h.get("created", 0))) * 1000, 3)
         return {"result": with_total(result.response, total_ms)}
     assert result.problem is not None
-    return {"error": result.problem.model_dump(mode="json", exclude_none=True)}
+    return {"error": scrub(result.problem.model_dump(mode="json", exclude_none=True))}
 
 
 async def job_state(gw: Gateway, job_id: str) -> dict[str, Any]:
