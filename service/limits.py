@@ -43,9 +43,12 @@ class BodyLimit:
         seen = 0
         sent_start = False
         deadline: float | None = None
+        complete = False
 
         async def limited_receive() -> Message:
-            nonlocal seen, deadline
+            nonlocal seen, deadline, complete
+            if complete:  # the body is in: a later receive waits for the disconnect, with no deadline
+                return await receive()
             if deadline is None and self.timeout_s is not None:
                 deadline = asyncio.get_running_loop().time() + self.timeout_s
             try:
@@ -58,6 +61,7 @@ class BodyLimit:
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
                     raise _Refused(self.too_large(seen))
+                complete = not msg.get("more_body", False)
             return msg
 
         async def tracking_send(msg: Message) -> None:

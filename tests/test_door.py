@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -269,6 +270,16 @@ def test_slow_clients_are_cut_off(door):
     assert b"connection: close" in answer.lower()
     assert b"not received within 3 s" in answer
     assert time.monotonic() - t0 < 3 + 2 + 3
+    # the deadline is the body's: a request whose answer takes longer than body_timeout_s still gets it
+    door.worker.send_signal(signal.SIGSTOP)
+    timer = threading.Timer(4.0, door.worker.send_signal, (signal.SIGCONT,))
+    timer.start()
+    try:
+        r = httpx.post(url + "/v1/explain", json=EXPLAIN, timeout=60)
+    finally:
+        timer.join()
+        door.worker.send_signal(signal.SIGCONT)
+    assert r.status_code == 200, r.text
 
 
 def test_connection_limit_answers_503(door):
