@@ -25,6 +25,7 @@ from cli.embedded_redis import free_port
 from schemas import queue as q
 from schemas.registry import load_registry
 from schemas.settings import Settings
+from service.bodies import json_depth
 from service.keys import hash_key, key_is_valid, new_key, parse_hash
 from service.problems import scrub
 from tests.conftest import ROOT, WEIGHTS, Stack
@@ -359,3 +360,10 @@ def test_answers_never_show_heap_addresses_or_source_paths():
     assert "0x" not in json.dumps(clean) and "images.py" not in clean["detail"] and "/srv" not in clean["detail"]
     assert clean["detail"].startswith("cannot identify image file <_io.BytesIO object>")
     assert scrub({"detail": "unknown model 'a/b'"}) == {"detail": "unknown model 'a/b'"}  # client text stays
+
+
+def test_json_depth_counts_brackets_outside_strings():
+    assert json_depth(b"[" * 1000 + b"]" * 1000, 32) == 33  # counted up to the limit + 1, no recursion
+    assert json_depth(json.dumps({"a": "[" * 100, "b": '\\"[[' * 30, "c": [[{}]]}).encode(), 32) == 4
+    assert json_depth(json.dumps([[[[1]]]]).encode(), 3) == 4
+    assert json_depth(b'{"image": "' + b"A" * 1_000_000 + b'"}', 32) <= 32
