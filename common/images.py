@@ -26,26 +26,43 @@ def b64_to_bytes(data: str) -> bytes:
         raise ImageProblem("image is not valid base64", field="image") from e
 
 
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """The image opened from its header only: PNG or JPEG, at most ``max_pixels`` (nothing decoded yet)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the exact check follows
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageProblem(
+            f"image rejected: its header declares over twice {Image.MAX_IMAGE_PIXELS} pixels (a decompression "
+            f"bomb), over the limit of {max_pixels}",
+            field="image",
+        ) from e
+    except Exception as e:  # PIL raises many types (with internal text) for what it cannot identify
+        raise ImageProblem("image is not a PNG or JPEG file", field="image") from e
+    if img.format not in FORMATS:
+        raise ImageProblem(f"unsupported image format {img.format}; send PNG or JPEG", field="image")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageProblem(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}", field="image")
+    return img
+
+
+def image_size(data: bytes | str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header, checked as :func:`decode_image` checks it, without decoding."""
+    return open_checked(b64_to_bytes(data) if isinstance(data, str) else data, max_pixels).size
+
+
 def decode_image(data: bytes | str, max_pixels: int) -> Image.Image:
-    """Base64 text or raw bytes -> fully loaded PIL image."""
+    """Base64 text or raw bytes -> fully loaded PIL image (the pixel limit checked from the header first).
+    Errors are fixed sentences: no decoder text, which can carry object addresses."""
     if isinstance(data, str):
         data = b64_to_bytes(data)
+    img = open_checked(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in FORMATS:
-                raise ImageProblem(f"unsupported image format {img.format}; send PNG or JPEG", field="image")
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageProblem(
-                    f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}", field="image"
-                )
             img.load()
-    except ImageProblem:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageProblem(f"image rejected as a decompression bomb: {e}", field="image") from e
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise ImageProblem(f"image could not be decoded: {e}", field="image") from e
+    except Exception as e:  # truncated or corrupt data
+        raise ImageProblem(f"{img.format} image could not be decoded (truncated or corrupt)", field="image") from e
     return img if img.mode in ("RGB", "L") else img.convert("RGB")

@@ -83,6 +83,12 @@ class MethodProblem(Problem):
     status, title, slug = 422, "Method not applicable", "method-not-applicable"
 
 
+class OverBudget(Problem):
+    """The request's estimated cost is over ``max_request_cost`` (``schemas.cost``)."""
+
+    status, title, slug = 422, "Request over the cost budget", "over-budget"
+
+
 class TargetProblem(Problem):
     status, title, slug = 422, "Invalid target", "invalid-target"
 

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     )
     # cost budgets (issue 11)
     max_request_cost: float = Field(
-        20_000.0, gt=0, description="largest estimated cost of a request, in forward passes at the model's input size"
+        10_000.0,
+        gt=0,
+        description="largest estimated cost of a request, in forward passes at the model's input size (a backward "
+        "counts 2; schemas/cost.py); over it: 422 before queueing",
     )
     job_memory_bytes: int = Field(
         2 * 1024**3, ge=64 * 1024**2, description="memory bound of one job; internal batches are sized from it"

@@ -1,14 +1,18 @@
 """Checks at the door, beyond the request schema: the model is known, the target names one of its
 classes (resolved here, once, to the index the job carries), each method applies to the model with its
-layer (from the worker's model card), and every image decodes (docs/architecture.md)."""
+layer (from the worker's model card), the estimated cost and result size are within their budgets
+(``schemas.cost``), and every image decodes, off the event loop (docs/architecture.md)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from common.images import decode_image
 from schemas.api import MethodCall
-from schemas.problems import MethodProblem, NotFound, Problem, TargetProblem
+from schemas.cost import estimate, result_bytes
+from schemas.problems import MethodProblem, NotFound, OverBudget, PayloadTooLarge, Problem, TargetProblem
 from schemas.registry import ModelEntry
 from service.state import Gateway
 
@@ -79,11 +83,50 @@ async def admit(gw: Gateway, model: str, target: int | str, methods: list[Method
     return index
 
 
-def check_image(gw: Gateway, b64: str, field: str = "image") -> None:
-    """The image decodes (PNG or JPEG, within the pixel limit, not truncated); else 422 naming ``field``."""
+async def check_image(gw: Gateway, b64: str, field: str = "image") -> tuple[int, int]:
+    """The image decodes (PNG or JPEG, within the pixel limit, not truncated); else 422 naming ``field``.
+    Decoded in a thread, off the event loop; its (width, height)."""
     try:
-        decode_image(b64, gw.settings.max_image_pixels)
+        img = await asyncio.to_thread(decode_image, b64, gw.settings.max_image_pixels)
     except Problem as e:
         e.field = field
         e.errors = None
         raise
+    return img.size
+
+
+async def check_images(gw: Gateway, fields: list[tuple[str, str | None]]) -> None:
+    """Masks and maps given as images (``(field, base64)``; None skipped): each as :func:`check_image`
+    (the pixel limit from the header before decoding)."""
+    for field, b64 in fields:
+        if b64 is not None:
+            await check_image(gw, b64, field)
+
+
+def check_cost(
+    gw: Gateway, model: str, methods: list[MethodCall], images: int = 1, metrics: Sequence[Any] = ()
+) -> None:
+    """422 when the estimated compute (``schemas.cost``) is over ``max_request_cost``, naming the
+    estimate, the limit and the method that costs most."""
+    entry = model_entry(gw, model)
+    est = estimate([(c.name, c.parsed) for c in methods], entry.input.size, images, metrics)
+    limit = gw.settings.max_request_cost
+    if est.cost > limit:
+        raise OverBudget(
+            f"estimated cost {est.cost:,.0f} forward passes at {model!r}'s input size is over the limit of "
+            f"{limit:,.0f} (max_request_cost); {est.dominant} costs {est.dominant_cost:,.0f} of it",
+            field="methods",
+        )
+
+
+def check_result(gw: Gateway, size: tuple[int, int], methods: int, outputs: Sequence[str], images: int = 1) -> None:
+    """413 when the result's size bound (``schemas.cost.result_bytes``) is over ``max_result_bytes``."""
+    need = result_bytes(size[0], size[1], methods, outputs, images)
+    limit = gw.settings.max_result_bytes
+    if need > limit:
+        raise PayloadTooLarge(
+            f"the result of {methods} method(s) x {', '.join(outputs)} for a {size[0]}x{size[1]} image may take "
+            f"{need:,} bytes, over the limit of {limit:,} (max_result_bytes); send a smaller image, fewer "
+            "methods or outputs (array is the largest)",
+            field="outputs",
+        )

@@ -5,7 +5,9 @@ a job that did not succeed answers its problem (docs/architecture.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -38,18 +40,41 @@ def response_of(result: JobResult) -> dict[str, Any]:
 
 
 async def responses_of(gw: Gateway, job_ids: list[str], hint: str = "") -> list[dict[str, Any]]:
-    """The stored bodies of the jobs, waited for together; the first job (in order) without a result in
-    the request timeout is cancelled and answers 504, the first that failed answers its problem."""
+    """The stored bodies of the jobs, waited for together, then deleted from Redis (the client has them).
+    A job without a result in the request timeout answers 504, the first that failed its problem; either
+    way, and when the client's request ends early, every job not yet finished is cancelled."""
     timeout = gw.settings.request_timeout_s
-    results = await asyncio.gather(*(gw.queue.wait(j, timeout) for j in job_ids))
-    bodies = []
-    for job_id, result in zip(job_ids, results):
-        if result is None:
-            await gw.queue.cancel(job_id, "timeout")
-            detail = f"no result within {timeout:g} s"
-            raise Timeout(f"{detail}; the job was cancelled {hint}" if hint else detail)
-        bodies.append(response_of(result))
-    return bodies
+    waits = {j: asyncio.ensure_future(gw.queue.wait(j, timeout)) for j in job_ids}
+    results: dict[str, JobResult] = {}
+    try:
+        pending = set(waits.values())
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for job_id, fut in waits.items():
+                if fut in done and job_id not in results:
+                    result = fut.result()
+                    if result is None:
+                        detail = f"no result within {timeout:g} s"
+                        raise Timeout(f"{detail}; the job was cancelled {hint}" if hint else detail)
+                    results[job_id] = result
+                    response_of(result)  # a failed job ends the request: its problem
+        return [response_of(results[j]) for j in job_ids]
+    finally:
+        await _settle(gw, waits, results)
+
+
+async def _settle(gw: Gateway, waits: Mapping[str, asyncio.Future[JobResult | None]], results: dict[str, Any]) -> None:
+    """Cancel the jobs without a result (and their waits), delete the results that were stored."""
+    for j, fut in waits.items():
+        if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+            results.setdefault(j, fut.result())
+    unfinished = [j for j in waits if j not in results]
+    for j in unfinished:
+        waits[j].cancel()
+    with contextlib.suppress(Exception):  # best effort: Redis may be the reason the request ended
+        for j in unfinished:
+            await gw.queue.cancel(j, "timeout")
+        await gw.queue.forget_results(list(results))
 
 
 def with_total(body: dict[str, Any], total_ms: float) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -113,27 +115,42 @@ class QueueClient:
     # ---- jobs ---------------------------------------------------------------------------
     async def enqueue(self, job: Job) -> str:
         """Put ``job`` on its model's stream with its job hash; 503 + Retry-After when the stream is full."""
-        stream = q.stream_key(job.model)
-        depth = await self.depth(job.model)
-        if depth >= self.settings.max_queue_depth:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(
-                f"{depth} jobs are queued for {job.model!r} (limit {self.settings.max_queue_depth}); retry later",
-                headers={"Retry-After": "1"},
-            )
-        state: dict[FieldT, EncodableT] = {
-            "status": JobStatus.queued.value,
-            "progress": "0",
-            "model": job.model,
-            "kind": job.kind,
-            "created": f"{job.enqueued_at:.6f}",
-        }
+        (job_id,) = await self.enqueue_many([job])
+        return job_id
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[str]:
+        """All ``jobs`` or none: room is checked on every stream for all its jobs first (depth + n <=
+        max_queue_depth, else 503 + Retry-After and nothing queued), then one pipeline writes them."""
+        limit = self.settings.max_queue_depth
+        for model, n in Counter(job.model for job in jobs).items():
+            depth = await self.depth(model)
+            if depth + n > limit:
+                self.metrics.rejected.labels("queue_full").inc()
+                adds = f" and this request adds {n}" if n > 1 else ""
+                raise Overloaded(
+                    f"{depth} jobs are queued for {model!r}{adds} (limit {limit}); retry later",
+                    headers={"Retry-After": "1"},
+                )
         p = self.redis.pipeline(transaction=False)
-        p.hset(q.job_key(job.id), mapping=state)
-        p.expire(q.job_key(job.id), self.settings.result_ttl_s)
-        p.xadd(stream, q.encode_job(job))  # type: ignore[arg-type]  # redis' stub wants a wider dict type
+        for job in jobs:
+            state: dict[FieldT, EncodableT] = {
+                "status": JobStatus.queued.value,
+                "progress": "0",
+                "model": job.model,
+                "kind": job.kind,
+                "created": f"{job.enqueued_at:.6f}",
+            }
+            p.hset(q.job_key(job.id), mapping=state)
+            p.expire(q.job_key(job.id), self.settings.result_ttl_s)
+            p.xadd(q.stream_key(job.model), q.encode_job(job))  # type: ignore[arg-type]  # redis' stub: a wider dict
         await p.execute()
-        return job.id
+        return [job.id for job in jobs]
+
+    async def forget_results(self, job_ids: Sequence[str]) -> None:
+        """Delete the stored results a synchronous client now has (bounded storage); the job hashes stay
+        until their TTL (they mark the jobs finished for the workers' exactly-once check)."""
+        if job_ids:
+            await self.redis.delete(*(q.result_key(j) for j in job_ids))
 
     async def result(self, job_id: str) -> q.JobResult | None:
         raw = await self.redis.get(q.result_key(job_id))

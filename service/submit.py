@@ -1,24 +1,44 @@
 """A validated request becomes a typed job on its model's stream (``schemas.queue``), once the checks
-at the door passed (``service.admission``); the job carries the target resolved to a class index."""
+at the door passed (``service.admission``: model, target, methods, cost, result size, images); the job
+carries the target resolved to a class index. A multi-image request is admitted whole or refused whole."""
 
 from __future__ import annotations
 
 from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest
 from schemas.queue import CompareJob, EvaluateJob, ExplainJob, new_job_id
-from service.admission import admit, check_image
+from service.admission import admit, check_cost, check_image, check_images, check_result
 from service.state import Gateway
 
 
-async def submit_explain(gw: Gateway, req: ExplainRequest) -> str:
+async def explain_job(gw: Gateway, req: ExplainRequest, field: str = "image") -> ExplainJob:
+    """The job of one explain request once every check passed (``field``: where its image is)."""
     index = await admit(gw, req.model, req.target, req.methods)
-    check_image(gw, req.image)
-    return await gw.queue.enqueue(ExplainJob(id=new_job_id(), model=req.model, request=req, target_index=index))
+    check_cost(gw, req.model, req.methods)
+    size = await check_image(gw, req.image, field)
+    check_result(gw, size, len(req.methods), req.outputs)
+    return ExplainJob(id=new_job_id(), model=req.model, request=req, target_index=index)
+
+
+async def submit_explain(gw: Gateway, req: ExplainRequest) -> str:
+    return await gw.queue.enqueue(await explain_job(gw, req))
+
+
+async def submit_explains(gw: Gateway, reqs: list[ExplainRequest], field: str = "instances") -> list[str]:
+    """Every request checked first (the cost of all of them together too), then all queued or none."""
+    jobs = [await explain_job(gw, r, f"{field}.{i}") for i, r in enumerate(reqs)]
+    if reqs:
+        check_cost(gw, reqs[0].model, reqs[0].methods, images=len(reqs))
+    return await gw.queue.enqueue_many(jobs)
 
 
 async def submit_evaluate(gw: Gateway, req: EvaluateRequest) -> str:
     index = await admit(gw, req.model, req.target, req.methods)
+    check_cost(gw, req.model, req.methods, images=len(req.images), metrics=req.metrics)
     for i, image in enumerate(req.images):
-        check_image(gw, image, f"images.{i}")
+        await check_image(gw, image, f"images.{i}")
+    gts = req.ground_truth
+    named = [(f"ground_truth.{i}", g) for i, g in enumerate(gts)] if isinstance(gts, list) else [("ground_truth", gts)]
+    await check_images(gw, [(f"{name}.mask_png", gt.mask_png) for name, gt in named if gt is not None])
     return await gw.queue.enqueue(EvaluateJob(id=new_job_id(), model=req.model, request=req, target_index=index))
 
 
@@ -27,7 +47,10 @@ async def submit_compare(gw: Gateway, req: CompareRequest) -> str:
     index = None
     if req.model is not None:
         index = await admit(gw, req.model, req.target, req.methods or [])
+        check_cost(gw, req.model, req.methods or [])
     if req.image:
-        check_image(gw, req.image)
+        await check_image(gw, req.image)
+    maps = (("map_a", req.map_a), ("map_b", req.map_b))
+    await check_images(gw, [(f"{k}.mask_png", m.mask_png) for k, m in maps if m is not None])
     model = req.model or gw.registry.models[0].name
     return await gw.queue.enqueue(CompareJob(id=new_job_id(), model=model, request=req, target_index=index))

@@ -1,5 +1,6 @@
 """The KServe V1 protocol: GET /v1/models/{name} (readiness) and POST /v1/models/{name}:explain (each
-instance explained like POST /v1/explain, with the request's ``parameters``)."""
+instance explained like POST /v1/explain, with the request's ``parameters``; admitted whole or refused
+whole: every instance is checked and the queue has room for all of them before any is queued)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from service.deps import AUTH, GatewayDep, ReceivedAt
 from service.problems import validated
 from service.quota import job_slots
 from service.spec import problems
-from service.submit import submit_explain
+from service.submit import submit_explains
 
 DEFAULTS = {"methods": ["gradcam"], "outputs": ["array"]}
 
@@ -59,8 +60,7 @@ async def kserve_explain(
     known(gw, name)
     reqs = instance_requests(name, body)
     async with job_slots(gw, request, len(reqs)) as ids:
-        for r in reqs:
-            ids.append(await submit_explain(gw, r))
+        ids.extend(await submit_explains(gw, reqs))  # every instance admitted, or none queued
     answers = await responses_of(gw, ids)
     return JSONResponse(
         {

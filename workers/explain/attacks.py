@@ -163,7 +163,7 @@ def one_pixel(
     g = generator(seed)
     out = ctx.x.detach().clone()
     extra: list[dict[str, Any]] = []
-    chunk = batch_for(ctx.x)
+    chunk = batch_for(ctx.x, ctx.capped(256, backward=False))  # the job's memory bound
     total = n * iterations
 
     def apply(x1: torch.Tensor, pop: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from workers.errors import MethodError
 from workers.explain.base import (
     APPLICABILITY,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MEMORY_BYTES,
     IMPLEMENTATIONS,
     NO_PROGRESS,
     Attribution,
@@ -40,12 +41,14 @@ def attribute(
     params: dict[str, Any] | Params | None = None,
     progress: Progress = NO_PROGRESS,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> Attribution:
     """The attribution of ``method`` for the normalised batch ``x`` (N, C, H, W) and ``targets``
     (an index per sample, or one for all). ``params``: a dict validated against the method's params
     model, or a Params instance (not validated again). ``max_image_pixels``: the largest image a
-    parameter may carry (integrated gradients' image baseline). Raises MethodError when the method
-    is unknown or cannot be applied to the model."""
+    parameter may carry (integrated gradients' image baseline). ``memory_bytes``: the job's memory
+    bound; internal batches are capped so one pass fits it (the capped value in ``used_params``).
+    Raises MethodError when the method is unknown or cannot be applied to the model."""
     spec = CATALOG.get(method)
     if spec is None or method not in IMPLEMENTATIONS:
         raise MethodError(f"unknown method {method!r}")
@@ -64,6 +67,7 @@ def attribute(
         params=params,
         progress=progress,
         max_image_pixels=max_image_pixels,
+        memory_bytes=memory_bytes,
     )
     if spec.gradient_based and getattr(params, "smoothgrad", None) is not None:
         att = apply_modifier(ctx, method)  # SmoothGrad (§4.5) over any gradient method

@@ -9,6 +9,7 @@ to the client's image, normalisation and rendering are shared
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,15 @@ NO_PROGRESS = Progress()
 
 # the largest image a method may decode (an image baseline) unless attribute() is told otherwise
 DEFAULT_MAX_IMAGE_PIXELS: int = Settings.model_fields["max_image_pixels"].default
+# the memory bound of one job unless attribute() is told otherwise: internal batches are capped to fit
+DEFAULT_MEMORY_BYTES: int = Settings.model_fields["job_memory_bytes"].default
+
+
+def sample_bytes(model: LoadedModel, x: torch.Tensor) -> int:
+    """Activations of one sample's forward at the model's input size: the input and every feature map
+    of the model's layer table (measured by one forward at load time, ``workers.models.loading``)."""
+    elements = int(x[0].numel()) + sum(math.prod(li.shape) for li in model.layers.values())
+    return elements * x.element_size()
 
 
 @dataclass
@@ -64,6 +74,17 @@ class Context:
     params: Params
     progress: Progress = NO_PROGRESS
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # the worker's limit, for images inside params
+    memory_bytes: int = DEFAULT_MEMORY_BYTES  # the job's memory bound: caps the samples of one pass
+
+    def chunk_cap(self, backward: bool = True) -> int:
+        """The most samples one pass may take within ``memory_bytes``; a backward keeps the forward's
+        activations and as many gradients (twice a forward's)."""
+        per = sample_bytes(self.model, self.x) * (2 if backward else 1)
+        return max(1, self.memory_bytes // max(per, 1))
+
+    def capped(self, batch: int, backward: bool = True) -> int:
+        """``batch`` (a method's internal batch) capped by :meth:`chunk_cap`."""
+        return max(1, min(batch, self.chunk_cap(backward)))
 
     @property
     def net(self) -> torch.nn.Module:

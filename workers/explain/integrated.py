@@ -72,7 +72,8 @@ def integrated_gradients(ctx: Context) -> Attribution:
         ctx.model, ctx.x, p.baseline, blur_sigma=p.blur_sigma, seed=p.seed, max_image_pixels=ctx.max_image_pixels
     )
     name = p.baseline if p.baseline in NAMED_BASELINES else "image"
-    attr = integrate(ctx, x_base, p.steps, p.integration, p.internal_batch_size)
+    batch = ctx.capped(p.internal_batch_size)  # the job's memory bound
+    attr = integrate(ctx, x_base, p.steps, p.integration, batch)
     with torch.no_grad():
         n = ctx.x.shape[0]
         s = target_scores(ctx.net(torch.cat([ctx.x, x_base])), ctx.targets.repeat(2)).double()
@@ -94,7 +95,7 @@ def integrated_gradients(ctx: Context) -> Attribution:
         "steps": p.steps,
         "baseline": name,
         "integration": p.integration,
-        "internal_batch_size": p.internal_batch_size,
+        "internal_batch_size": batch,
         "seed": p.seed,
     }
     if p.baseline == "blur":

@@ -109,7 +109,7 @@ def lime_one(
     """Target scores and kernel weights of the perturbed copies of sample i."""
     x = ctx.x[i].detach()
     t = int(ctx.targets[i])
-    chunk = batch_for(ctx.x)
+    chunk = batch_for(ctx.x, ctx.capped(256, backward=False))  # the job's memory bound
     ys, ws = [], []
     zd = z.to(x.device, x.dtype)
     with torch.no_grad():

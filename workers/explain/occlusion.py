@@ -46,7 +46,7 @@ def occlusion_maps(ctx: Context, window: int, stride: int, fill: torch.Tensor) -
     rows, cols = ry.shape[0], cx.shape[0]
     per = rows * cols
     ry_b, cx_b = ry.bool(), cx.bool()
-    chunk = batch_for(x)
+    chunk = batch_for(x, ctx.capped(256, backward=False))  # the job's memory bound
     drops = torch.zeros(n * per, dtype=torch.float64, device=x.device)
     total = n * per
     ctx.progress(0.0)

@@ -38,7 +38,8 @@ def smooth(
     seed: int | None,
     batch: int = DEFAULT_BATCH,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(mean map over ``samples`` noisy copies, the base method's used_params)."""
+    """(mean map over ``samples`` noisy copies, the base method's used_params); ``batch`` is capped by
+    the job's memory bound (``Context.capped``) by the caller."""
     x, t = ctx.x, ctx.targets
     n = x.shape[0]
     seed = DEFAULT_SEED if seed is None else int(seed)
@@ -72,7 +73,8 @@ def smooth_meta(x: torch.Tensor, noise_level: float, samples: int) -> list[dict[
 def apply_modifier(ctx: Context, method: str) -> Attribution:
     """The ``smoothgrad`` modifier object of a gradient method's params (seed null: 0)."""
     sg = ctx.params.smoothgrad
-    maps, used = smooth(ctx, IMPLEMENTATIONS[method], ctx.params, sg.samples, sg.noise_level, sg.seed)
+    batch = ctx.capped(DEFAULT_BATCH)
+    maps, used = smooth(ctx, IMPLEMENTATIONS[method], ctx.params, sg.samples, sg.noise_level, sg.seed, batch)
     seed = DEFAULT_SEED if sg.seed is None else sg.seed
     used = {**used, "smoothgrad": {"samples": sg.samples, "noise_level": sg.noise_level, "seed": seed}}
     return Attribution(maps, used_params=used, meta=smooth_meta(ctx.x, sg.noise_level, sg.samples))
@@ -82,9 +84,8 @@ def apply_modifier(ctx: Context, method: str) -> Attribution:
 def smoothgrad(ctx: Context) -> Attribution:
     p = ctx.params
     base_params = p.base_model()
-    maps, used = smooth(
-        ctx, IMPLEMENTATIONS[p.base], base_params, p.samples, p.noise_level, p.seed, p.internal_batch_size
-    )
+    batch = ctx.capped(p.internal_batch_size)  # the job's memory bound
+    maps, used = smooth(ctx, IMPLEMENTATIONS[p.base], base_params, p.samples, p.noise_level, p.seed, batch)
     base_used = {k: v for k, v in base_params.model_dump().items() if k != "smoothgrad"}
     base_used.update(used)
     return Attribution(
@@ -95,7 +96,7 @@ def smoothgrad(ctx: Context) -> Attribution:
             "base": p.base,
             "base_params": base_used,
             "seed": p.seed,
-            "internal_batch_size": p.internal_batch_size,
+            "internal_batch_size": batch,
         },
         meta=smooth_meta(ctx.x, p.noise_level, p.samples),
     )

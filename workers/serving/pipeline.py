@@ -327,6 +327,7 @@ def _run_attribute(b: _Batch, key: str, call: MethodCall, idx: list[int]) -> Non
             call.parsed,
             progress=progress,
             max_image_pixels=b.limits.max_image_pixels,
+            memory_bytes=b.limits.job_memory_bytes,
         )
     except ExplainError as e:
         for i in idx:
