@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from schemas.settings import Settings
 from service import docs, spec
+from service.keys import parse_hash
 from service.limits import BodyLimit
 from service.problems import install_handlers
 from service.routes import ROUTERS
@@ -37,6 +38,11 @@ class WhiteboxAPI(FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    for stored in settings.api_key_hashes:  # a malformed hash would never match: refuse it at start
+        try:
+            parse_hash(stored)
+        except ValueError as e:
+            raise SystemExit(f"whitebox: bad configuration: WHITEBOX_API_KEY_HASHES: {e}") from None
     app = WhiteboxAPI(
         title=spec.TITLE,
         version=spec.package_version(),

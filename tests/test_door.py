@@ -25,6 +25,7 @@ from cli.embedded_redis import free_port
 from schemas import queue as q
 from schemas.registry import load_registry
 from schemas.settings import Settings
+from service.app import create_app
 from service.bodies import json_depth
 from service.keys import hash_key, key_is_valid, new_key, parse_hash
 from service.problems import scrub
@@ -93,6 +94,8 @@ def test_key_hash_format():
     assert not key_is_valid("abc", [], ["sha256$bad"])  # a malformed hash never matches
     with pytest.raises(ValueError, match="expected sha256"):
         parse_hash("md5$x$y")
+    with pytest.raises(SystemExit, match="WHITEBOX_API_KEY_HASHES: .* expected sha256"):  # refused at start
+        create_app(Settings(redis_url="redis://127.0.0.1:1/0", api_key_hashes="sha256$salt$short"))
 
 
 def test_hash_key_command():
