@@ -1,15 +1,15 @@
 """Proof of no change: every golden case (tests/golden_cases.py) answers bit-identically to the
 recording in tests/golden/maps.json: the same float32 arrays and the same JSON body (PNGs,
-predictions, metadata), timings and ids aside."""
+predictions, metadata), timings and ids aside. Bit-identity holds on the platform of the recording
+(the same torch on the same CPU); on another platform the arrays' statistics must agree within
+``golden_cases.tolerance``, and the test says that it could not check the bits."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
-from tests.golden_cases import GOLDEN, GoldenStack, run_all
+from tests.golden_cases import GoldenStack, load, platform, run_all, statistics_differ, tolerance
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +24,25 @@ def answers(tmp_path_factory):
 
 
 def test_every_case_is_recorded(answers):
-    recorded = json.loads(GOLDEN.read_text())
+    recorded = load()["cases"]
     assert sorted(answers) == sorted(recorded), "cases were added or removed: record anew in its own commit"
     assert sum(v["status"] == 200 for v in recorded.values()) >= 0.9 * len(recorded)
 
 
 def test_maps_and_bodies_bit_identical(answers):
-    recorded = json.loads(GOLDEN.read_text())
+    golden = load()
+    recorded = golden["cases"]
+    if golden["platform"] != platform():
+        far = {
+            k: d
+            for k, w in recorded.items()
+            if k in answers and (d := statistics_differ(answers[k], w, tolerance(w["request"])))
+        }
+        assert not far, "\n".join(f"{k}: {d}" for k, d in far.items())
+        pytest.skip(
+            f"recorded on {golden['platform']}, running on {platform()}: bits not comparable; "
+            f"statistics of {len(recorded)} cases within tolerance"
+        )
     changed = []
     for key, want in recorded.items():
         got = answers.get(key)
