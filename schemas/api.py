@@ -33,7 +33,7 @@ class MethodCall(BaseModel):
     model; ``params`` is their dump (defaults left out), ``parsed`` the validated model itself."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., description="a method of GET /v1/methods")
+    name: str = Field(..., description="a method of GET /v1/methods", json_schema_extra={"enum": sorted(CATALOG)})
     params: dict[str, Any] = Field(default_factory=dict, description="the method's params_schema")
     _parsed: Params | None = PrivateAttr(None)
 

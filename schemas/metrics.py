@@ -381,7 +381,7 @@ class MetricCall(BaseModel):
     """One requested metric: its name and validated parameters (``"cc"`` or ``{"name", "params"}``)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: str = Field(..., description="a metric (docs/evaluation.md)", json_schema_extra={"enum": list(METRICS)})
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
