@@ -131,8 +131,9 @@ class QueueClient:
                     f"{depth} jobs are queued for {model!r}{adds} (limit {limit}); retry later",
                     headers={"Retry-After": "1"},
                 )
+        encoded = await asyncio.to_thread(lambda: [q.encode_job(job) for job in jobs])  # MBs of images: off the loop
         p = self.redis.pipeline(transaction=False)
-        for job in jobs:
+        for job, fields in zip(jobs, encoded):
             state: dict[FieldT, EncodableT] = {
                 "status": JobStatus.queued.value,
                 "progress": "0",
@@ -142,7 +143,7 @@ class QueueClient:
             }
             p.hset(q.job_key(job.id), mapping=state)
             p.expire(q.job_key(job.id), self.settings.result_ttl_s)
-            p.xadd(q.stream_key(job.model), q.encode_job(job))  # type: ignore[arg-type]  # redis' stub: a wider dict
+            p.xadd(q.stream_key(job.model), fields)  # type: ignore[arg-type]  # redis' stub: a wider dict
         await p.execute()
         return [job.id for job in jobs]
 
