@@ -19,6 +19,9 @@ DEFAULT_REGISTRY = MODELS_DIR / "registry" / "default.yaml"
 WEIGHTS_DIR = MODELS_DIR / "weights"  # the committed weights: allowed to every registry
 
 
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a model's name: also the gateway's path segment
+
+
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     size: tuple[int, int] = Field(..., description="(height, width) of the model's input")
@@ -40,7 +43,7 @@ class InputSpec(BaseModel):
 
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = Field(..., pattern=f"^{MODEL_NAME}$")
     architecture: str
     weights: str | None = None
     num_classes: int = Field(..., ge=1)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from schemas.api import ExplainRequest, KServeExplainRequest, KServeExplainResponse, ModelReadiness
 from schemas.problems import ValidationProblem
+from schemas.registry import MODEL_NAME
 from service.admission import known
 from service.answers import elapsed_ms, responses_of
 from service.bodies import JsonBodyRoute
@@ -19,6 +21,22 @@ from service.spec import problems
 from service.submit import submit_explains
 
 DEFAULTS = {"methods": ["gradcam"], "outputs": ["array"]}
+
+
+class ModelName(Convertor[str]):
+    """A model name as a path segment: no ':', so GET /v1/models/{name} does not also match the
+    path of POST /v1/models/{name}:explain (whose 405 would then allow GET)."""
+
+    regex = MODEL_NAME
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", ModelName())
 
 router = APIRouter(tags=["kserve"], dependencies=AUTH, route_class=JsonBodyRoute)
 
@@ -38,7 +56,7 @@ def instance_requests(name: str, body: KServeExplainRequest) -> list[ExplainRequ
 
 
 @router.get(
-    "/v1/models/{name}",
+    "/v1/models/{name:model}",
     response_model=ModelReadiness,
     responses=problems(401, 404, 422, 429),
     summary="Model readiness",
@@ -49,7 +67,7 @@ async def kserve_model(name: str, gw: GatewayDep) -> ModelReadiness:
 
 
 @router.post(
-    "/v1/models/{name}:explain",
+    "/v1/models/{name:model}:explain",
     response_model=KServeExplainResponse,
     responses=problems(401, 404, 409, 413, 422, 429, 500, 503, 504),
     summary="Explain instances (KServe V1 explainer protocol)",
