@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator, model_validator
 
 from schemas.methods import CATALOG, Params
 from schemas.problems import ProblemDetails
@@ -28,12 +28,15 @@ def _default_outputs() -> list[Output]:
     return ["heatmap_png"]
 
 
+METHOD_NAMES: list[JsonValue] = [*sorted(CATALOG)]
+
+
 class MethodCall(BaseModel):
     """One requested method: its public name and parameters, validated against the method's params
     model; ``params`` is their dump (defaults left out), ``parsed`` the validated model itself."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., description="a method of GET /v1/methods", json_schema_extra={"enum": sorted(CATALOG)})
+    name: str = Field(..., description="a method of GET /v1/methods", json_schema_extra={"enum": METHOD_NAMES})
     params: dict[str, Any] = Field(default_factory=dict, description="the method's params_schema")
     _parsed: Params | None = PrivateAttr(None)
 
