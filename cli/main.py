@@ -145,7 +145,7 @@ def cmd_explain(args) -> int:
     """One image from the shell, no server: writes one PNG per method (and prints the prediction)."""
     # the worker side, in this process only for this command (torch stays out of the gateway commands)
     from workers.models.loading import load_model
-    from workers.serving.pipeline import Item, run_batch
+    from workers.serving.pipeline import Item, Limits, run_batch
     from workers.serving.targets import resolve_target
 
     s = Settings.from_env()
@@ -161,7 +161,7 @@ def cmd_explain(args) -> int:
         item = Item(req, decode_image(data, s.max_image_pixels), target_index=resolve_target(model, req.target))
     except Problem as e:
         return _problem(e)
-    run_batch(model, [item])
+    run_batch(model, [item], limits=Limits.of(s))
     if item.result is None:
         return _problem(item.error or Problem("no result"))
     out = Path(args.out)

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         2 * 1024**3, ge=64 * 1024**2, description="memory bound of one job; internal batches are sized from it"
     )
     max_result_bytes: int = Field(
-        64 * 1024**2,
+        256 * 1024**2,
         ge=1024,
         le=512 * 1024**2,
         description="largest stored result (estimated up front, checked before storing); at most Redis' 512 MB",

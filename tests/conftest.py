@@ -71,6 +71,7 @@ class Stack:
             "WHITEBOX_CLAIM_IDLE_MS": "3000",
             "WHITEBOX_MAX_IMAGE_PIXELS": str(1_000_000),
             "WHITEBOX_MAX_BODY_BYTES": str(3_000_000),
+            "WHITEBOX_MAX_RESULT_BYTES": str(64 * 1024**2),
             "WHITEBOX_REQUEST_TIMEOUT_S": "120",
             "WHITEBOX_WORKER_THREADS": "1",
             "WHITEBOX_LOG_LEVEL": "WARNING",
