@@ -1,4 +1,4 @@
-"""What a request will cost, estimated at the door before it is queued (docs/robustness-budgets.md).
+"""What a request will cost, estimated at the door before it is queued (docs/robustness.md).
 
 Compute is counted in **forward passes at the model's input size**: a backward pass counts as two
 forwards, so one gradient (forward + backward) is 3. Each method's count follows from its validated

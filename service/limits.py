@@ -1,7 +1,7 @@
 """Limits on how a request body arrives, as a pure ASGI middleware: a body over ``max_bytes`` is refused
 with 413 by its Content-Length before it is read, and a streamed (chunked) one as soon as it passes the
 limit; a body not received in full within ``timeout_s`` of the first read is answered 408. Both answers
-close the connection (the rest of the body is never read; docs/robustness-door.md)."""
+close the connection (the rest of the body is never read; docs/robustness.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 wait for its :class:`JobResult` (one pub/sub listener for every waiting request, polling as a backstop),
 read and cancel a job, read the model cards and the live workers (docs/architecture.md).
 
-Redis outages (docs/robustness-outage.md): every call is bounded by ``redis_timeout_s``; a refused or
+Redis outages (docs/robustness.md): every call is bounded by ``redis_timeout_s``; a refused or
 dropped connection is retried a few times with exponential backoff (a stale pooled connection after a
 Redis restart gets a fresh one); what still fails raises redis' ConnectionError/TimeoutError, which the
 gateway answers 503 + Retry-After (``service.problems.on_redis_down``)."""

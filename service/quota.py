@@ -2,7 +2,7 @@
 bucket per client (``rate_limit_rps``, ``rate_limit_burst``), the jobs a client may have queued or running
 at once (``max_jobs_per_key``), and the lockout of an address after ``auth_failures_per_min`` wrong keys.
 Each answers 429 + Retry-After. A client is its API key's hash, or its address when no keys are
-configured (docs/robustness-door.md)."""
+configured (docs/robustness.md)."""
 
 from __future__ import annotations
 

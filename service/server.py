@@ -1,6 +1,6 @@
 """Run the gateway under uvicorn (``python -m service``, ``whitebox gateway``): the h11 protocol with a
 header read timeout (``service.slow_clients``), at most ``max_connections`` connections (uvicorn answers
-503 beyond), and no ``Server`` header (docs/robustness-door.md)."""
+503 beyond), and no ``Server`` header (docs/robustness.md)."""
 
 from __future__ import annotations
 

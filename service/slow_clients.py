@@ -1,6 +1,6 @@
 """A header read timeout for uvicorn's h11 protocol, which has none: a connection that has not sent a
 request's complete headers within ``header_timeout_s`` (from when it opened, or from the end of its last
-answer) is closed. The body's deadline is ``service.limits.BodyLimit``'s (docs/robustness-door.md)."""
+answer) is closed. The body's deadline is ``service.limits.BodyLimit``'s (docs/robustness.md)."""
 
 from __future__ import annotations
 

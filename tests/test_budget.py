@@ -1,5 +1,5 @@
 """Cost budgets, the per-job memory bound, result limits, whole admission and bounded storage (issue 11,
-items 4 and 6; docs/robustness-budgets.md): the cost model as a unit, the rest through the real stack."""
+items 4 and 6; docs/robustness.md): the cost model as a unit, the rest through the real stack."""
 
 from __future__ import annotations
 

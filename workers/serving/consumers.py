@@ -1,4 +1,4 @@
-"""Dead consumers leave the consumer group (docs/robustness-worker.md). A worker's consumer stays in
+"""Dead consumers leave the consumer group (docs/robustness.md). A worker's consumer stays in
 the group after the worker died; the reclaim step removes each one that holds no pending entry, has
 no live heartbeat (``schemas.queue.worker_key``) and was idle longer than the claim idle time. One that
 still holds entries stays until they were claimed: XGROUP DELCONSUMER would drop them."""

@@ -2,7 +2,7 @@
 worker serves, not already finished by another worker, marked running), then the explain jobs run
 together through the pipeline and each evaluate / compare job runs alone; every end goes through
 ``workers.serving.outcome``. A job that raises fails alone (its problem stored), never the worker
-or the other jobs; only Redis being unreachable propagates (docs/robustness-worker.md)."""
+or the other jobs; only Redis being unreachable propagates (docs/robustness.md)."""
 
 from __future__ import annotations
 

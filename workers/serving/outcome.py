@@ -7,7 +7,7 @@ first finisher of a job (its hash has no ``finished`` field and no result is sto
 one, a reclaimed copy that also finished, only acknowledges its entry and counts ``duplicate``. A
 result over ``max_result_bytes`` is replaced by a 413 problem, and a result Redis refuses to store
 (out of memory, a limit) by a 5xx problem: such a job fails on its first delivery, never the worker
-(docs/robustness-worker.md)."""
+(docs/robustness.md)."""
 
 from __future__ import annotations
 

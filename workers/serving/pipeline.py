@@ -6,7 +6,7 @@ requests are validated ``ExplainRequest`` models and every default is read from 
 
 One bad item fails only itself: a batch of several that raises unexpectedly (preprocessing, a
 forward, a fused pass, an ``attribute()`` group, rendering) is run again item by item, so the item
-that raises alone gets the problem and the others get their results alone (docs/robustness-worker.md)."""
+that raises alone gets the problem and the others get their results alone (docs/robustness.md)."""
 
 from __future__ import annotations
 

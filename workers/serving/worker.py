@@ -9,7 +9,7 @@ worker holds, so only the jobs of a dead worker grow idle; those are taken over 
 a job delivered more than ``max_deliveries`` times goes to the dead-letter stream with a failed
 result for its client.
 
-Redis outages (docs/robustness-outage.md): every client has bounded timeouts and redis-py's ``Retry``
+Redis outages (docs/robustness.md): every client has bounded timeouts and redis-py's ``Retry``
 with exponential backoff. The loop outlives an outage: one log line, a wait for Redis with backoff,
 then the consumer groups re-created (a restarted Redis without persistence lost the streams) and the
 heartbeat and model cards published at once. The outcomes of a job computed during an outage are
