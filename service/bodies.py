@@ -7,6 +7,7 @@ count."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -23,6 +24,7 @@ from starlette.types import Scope
 from schemas.problems import ValidationProblem
 from service.deps import RECEIVED, authenticate, get_gateway, require_key
 
+OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed off the event loop
 JSON_FIELDS = ("methods", "outputs")  # a JSON array, or repeated fields (a name or a JSON object each)
 INT_FIELDS = ("top_k", "target")  # digits are numbers
 MAX_FORM_FIELDS, MAX_FORM_FILES = 64, 1
@@ -75,8 +77,13 @@ def loads_bounded(raw: bytes | str, limit: int, what: str = "body") -> Any:
 
 async def json_object(request: Request) -> tuple[dict[str, Any], bytes]:
     raw = await request.body()
+    depth = get_gateway(request).settings.max_json_depth
     try:
-        data = loads_bounded(raw, get_gateway(request).settings.max_json_depth)
+        # a large body (an image of several MB) is parsed in a thread: the event loop keeps answering
+        if len(raw) > OFF_LOOP_BYTES:
+            data = await asyncio.to_thread(loads_bounded, raw, depth)
+        else:
+            data = loads_bounded(raw, depth)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValidationProblem(f"body is not valid JSON: {e}") from e
     if not isinstance(data, dict):
