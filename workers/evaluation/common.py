@@ -12,7 +12,7 @@ import torch
 
 from schemas.methods import Params, default_reduce
 from workers.explain import attribute
-from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, NO_PROGRESS, Progress
+from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BYTES, NO_PROGRESS, Progress
 from workers.explain.postprocess import reduce_channels
 from workers.models.loading import LoadedModel
 
@@ -31,12 +31,24 @@ def reduce_map(method: str, maps: torch.Tensor, params: Params | dict[str, Any] 
 
 
 def map_fn(
-    method: str, params: dict[str, Any] | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    method: str,
+    params: dict[str, Any] | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> MapFn:
     """A function computing ``method``'s evaluation maps on any (model, x, targets)."""
 
     def fn(model: LoadedModel, x: torch.Tensor, targets: torch.Tensor, progress: Progress = NO_PROGRESS):
-        att = attribute(model, x, targets, method, params, progress=progress, max_image_pixels=max_image_pixels)
+        att = attribute(
+            model,
+            x,
+            targets,
+            method,
+            params,
+            progress=progress,
+            max_image_pixels=max_image_pixels,
+            memory_bytes=memory_bytes,
+        )
         return reduce_map(method, att.maps, params)
 
     return fn

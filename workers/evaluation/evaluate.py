@@ -33,7 +33,7 @@ from schemas.metrics import COMPARE_METRICS, METRICS, parse_metric_params
 from workers.errors import MethodError
 from workers.evaluation.common import map_fn, predict, reduce_map, to_numpy
 from workers.explain import attribute
-from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, NO_PROGRESS, Progress
+from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BYTES, NO_PROGRESS, Progress
 from workers.models.loading import LoadedModel
 
 Call = str | dict[str, Any]
@@ -163,16 +163,24 @@ def evaluate_method(
     gt: np.ndarray | None = None,
     progress: Progress = NO_PROGRESS,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> tuple[dict[str, list], torch.Tensor]:
     """Per-sample values {metric: [value per image]} of one method, and its maps (N, H, W).
-    ``max_image_pixels``: the largest image a method's params may carry (as for ``attribute``)."""
+    ``max_image_pixels``, ``memory_bytes``: the bounds of ``attribute``."""
     n = x.shape[0]
-    fn = map_fn(method, method_params, max_image_pixels)
+    fn = map_fn(method, method_params, max_image_pixels, memory_bytes)
     n_model = sum(1 for k, _ in metrics if METRICS[k].needs_model)
     share = 1.0 / (1 + n_model)
     t0 = time.perf_counter()
     att = attribute(
-        model, x, targets, method, method_params, progress=progress.sub(0, share), max_image_pixels=max_image_pixels
+        model,
+        x,
+        targets,
+        method,
+        method_params,
+        progress=progress.sub(0, share),
+        max_image_pixels=max_image_pixels,
+        memory_bytes=memory_bytes,
     )
     elapsed_ms = (time.perf_counter() - t0) * 1000 / n
     maps = reduce_map(method, att.maps, method_params)
@@ -224,6 +232,7 @@ def evaluate(
     per_sample: bool = False,
     on_error: str = "raise",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> dict[str, dict[str, Any]]:
     """{method: {metric: value}} for the batch ``x`` (N, C, H, W), normalised at the model's input size.
 
@@ -232,7 +241,7 @@ def evaluate(
     A value is the mean over the images of a float (None when undefined), or ``{output: mean}`` for
     multi-output metrics; ``per_sample=True`` gives the list of per-image values instead.
     ``on_error="skip"`` records a method that cannot run as ``{"error": message}`` instead of raising.
-    ``max_image_pixels``: the largest image a method's params may carry (the worker passes its setting)."""
+    ``max_image_pixels``, ``memory_bytes``: the bounds of ``attribute`` (the worker passes its settings)."""
     mcalls = _calls(methods)
     kcalls = _calls(metrics)
     for k, _ in kcalls:
@@ -244,7 +253,7 @@ def evaluate(
     for j, ((name, params), label) in enumerate(zip(mcalls, _labels(mcalls))):
         sub = progress.sub(j / len(mcalls), (j + 1) / len(mcalls))
         try:
-            vals, _ = evaluate_method(model, x, targets, name, params, kcalls, gt, sub, max_image_pixels)
+            vals, _ = evaluate_method(model, x, targets, name, params, kcalls, gt, sub, max_image_pixels, memory_bytes)
         except MethodError as e:
             if on_error != "skip":
                 raise
@@ -281,13 +290,14 @@ def compare_methods(
     target=None,
     metrics: Iterable[Call] | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> dict[str, float | None]:
     """Two methods on one image (1, C, H, W): their maps compared (``method_b``'s map is the reference)."""
     t = _targets(model, x[:1], target)
     maps = []
     for call in (method_a, method_b):
         ((name, params),) = _calls([call])
-        att = attribute(model, x[:1], t, name, params, max_image_pixels=max_image_pixels)
+        att = attribute(model, x[:1], t, name, params, max_image_pixels=max_image_pixels, memory_bytes=memory_bytes)
         maps.append(reduce_map(name, att.maps, params)[0])
     return compare(maps[0], maps[1], metrics)
 

@@ -45,6 +45,7 @@ def run_evaluate(model: LoadedModel, job: EvaluateJob, limits: Limits, progress:
         progress=progress,
         per_sample=req.per_sample,
         max_image_pixels=limits.max_image_pixels,
+        memory_bytes=limits.job_memory_bytes,
     )
     return EvaluateResponse(id=job.id, model=model.name, images=len(images), results=results, timings=_timings(t0))
 
@@ -79,7 +80,14 @@ def run_compare(model: LoadedModel, job: CompareJob, limits: Limits, progress: P
     x = model.preprocess([decode_image(req.image, max_pixels)])
     ma, mb = req.methods
     values = compare_methods(
-        model, x, ma, mb, target=job.target_index, metrics=req.metrics, max_image_pixels=max_pixels
+        model,
+        x,
+        ma,
+        mb,
+        target=job.target_index,
+        metrics=req.metrics,
+        max_image_pixels=max_pixels,
+        memory_bytes=limits.job_memory_bytes,
     )
     progress(1.0)
     return CompareResponse(
