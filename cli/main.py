@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cli.embedded_redis import EmbeddedRedis
 from common.images import decode_image
-from schemas.api import ExplainRequest
+from schemas.api import ExplainRequest, is_index
 from schemas.problems import Problem
 from schemas.registry import load_registry
 from schemas.settings import Settings
@@ -181,7 +181,7 @@ def _explain_request(args, data: bytes) -> ExplainRequest:
             "model": args.model,
             "image": base64.b64encode(data).decode(),
             "methods": [json.loads(m) if m.startswith("{") else m for m in args.methods],
-            "target": int(args.target) if args.target.isdigit() else args.target,
+            "target": int(args.target) if is_index(args.target) else args.target,
             "outputs": [args.output],
         }
     )

@@ -24,6 +24,12 @@ def names_to_calls(v: Any) -> Any:
     return v
 
 
+def is_index(text: str) -> bool:
+    """``text`` is a class index written in ASCII digits (``str.isdigit`` also takes '²', which ``int``
+    refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _default_outputs() -> list[Output]:
     return ["heatmap_png"]
 

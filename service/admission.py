@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.images import decode_image
-from schemas.api import MethodCall
+from schemas.api import MethodCall, is_index
 from schemas.cost import estimate, result_bytes
 from schemas.problems import MethodProblem, NotFound, OverBudget, PayloadTooLarge, Problem, TargetProblem
 from schemas.registry import ModelEntry
@@ -41,7 +41,7 @@ def resolve_target(entry: ModelEntry, labels: list[str], target: int | str) -> i
         return None
     if isinstance(target, int):
         return _in_range(entry, target)
-    if target.isdigit():
+    if is_index(target):
         index = _in_range(entry, int(target))
         return labels.index(target) if target in labels else index
     if target in labels:

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
+from schemas.api import is_index
 from schemas.problems import ValidationProblem
 from service.deps import RECEIVED, authenticate, get_gateway, require_key
 
@@ -116,7 +117,7 @@ async def _form_fields(items: list[tuple[str, str | UploadFile]], limit: int) ->
                 data[key] = base64.b64encode(await value.read()).decode() if key == "image" else value
             elif key in JSON_FIELDS:
                 data[key] = _form_list(data.get(key), value, limit, key)
-            elif key in INT_FIELDS and value.isdigit():
+            elif key in INT_FIELDS and is_index(value):
                 data[key] = int(value)
             else:
                 data[key] = value

@@ -233,6 +233,20 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("digits", ["²", "٣"])
+def test_non_ascii_digits_are_no_class_index(client, shape, digits):
+    """str.isdigit() takes '²' and '٣'; a target or form field of them is a label, not an index: 422
+    (schemathesis found the multipart form answering 500 on '²')."""
+    img, _ = shape
+    form = {"model": "shapes-cnn", "methods": json.dumps(["gradcam"]), "target": digits}
+    r = client.post("/v1/explain", files={"image": ("s.png", png_bytes(img), "image/png")}, data=form)
+    assert_problem(r, 422, "label")
+    assert_problem(client.post("/v1/explain", json=body(png_b64(img), target=digits)), 422, "label")
+    form = {"model": "shapes-cnn", "methods": json.dumps(["gradcam"]), "top_k": digits}
+    r = client.post("/v1/explain", files={"image": ("s.png", png_bytes(img), "image/png")}, data=form)
+    assert_problem(r, 422, "top_k")
+
+
 @pytest.mark.parametrize("name,make,status,word", BAD, ids=[b[0] for b in BAD])
 def test_bad_input(client, shape, name, make, status, word):
     assert_problem(client.post("/v1/explain", json=make(shape[0])), status, word)

@@ -3,6 +3,7 @@ the in-process callers of the pipeline (``whitebox explain``, tests) have no gat
 
 from __future__ import annotations
 
+from schemas.api import is_index
 from workers.errors import TargetError
 from workers.models.loading import LoadedModel
 
@@ -22,6 +23,6 @@ def resolve_target(model: LoadedModel, target: int | str) -> int | None:
         return check_index(model, target)
     if target in model.labels:
         return model.labels.index(target)
-    if target.isdigit():
+    if is_index(target):
         return check_index(model, int(target))
     raise TargetError(f"unknown class label {target!r}; labels: {', '.join(model.labels)}", field="target")
