@@ -25,21 +25,30 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 STACK_TORCHVISION = ["resnet18", "vgg11", "mobilenet_v3_small"]
 
 
+# the demo model as a registry entry (its committed weights by absolute path)
+DEMO_ENTRY = {
+    "name": "shapes-cnn",
+    "architecture": "whitebox.shapes_cnn",
+    "weights": str(WEIGHTS),
+    "num_classes": 10,
+    "labels": SHAPES_LABELS,
+    "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+    "target_layer": "features.10",
+}
+
+
+def write_demo_registry(tmp: Path) -> Path:
+    """A registry of the demo model alone (a worker loads it in seconds)."""
+    path = tmp / "registry.yaml"
+    path.write_text(yaml.safe_dump({"models": [DEMO_ENTRY]}))
+    return path
+
+
 def write_test_registry(tmp: Path) -> Path:
     import torchvision
     from safetensors.torch import save_file
 
-    models = [
-        {
-            "name": "shapes-cnn",
-            "architecture": "whitebox.shapes_cnn",
-            "weights": str(WEIGHTS),
-            "num_classes": 10,
-            "labels": SHAPES_LABELS,
-            "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-            "target_layer": "features.10",
-        }
-    ]
+    models = [dict(DEMO_ENTRY)]
     for i, arch in enumerate(STACK_TORCHVISION):
         torch.manual_seed(100 + i)
         net = getattr(torchvision.models, arch)(weights=None, num_classes=10)

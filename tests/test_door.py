@@ -29,9 +29,8 @@ from service.app import create_app
 from service.bodies import json_depth
 from service.keys import hash_key, key_is_valid, new_key, parse_hash
 from service.problems import scrub
-from tests.conftest import ROOT, WEIGHTS, Stack
+from tests.conftest import DEMO_ENTRY, ROOT, WEIGHTS, Stack, write_demo_registry
 from tests.helpers import png_b64, random_image
-from workers.training.shapes import LABELS as SHAPES_LABELS
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +38,6 @@ MODEL = "shapes-cnn"
 IMAGE = png_b64(random_image(64, 64))
 EXPLAIN = {"model": MODEL, "image": IMAGE, "methods": ["gradcam"], "outputs": ["array"]}
 PLAIN, HASHED = new_key(), new_key()
-ENTRY = {
-    "name": MODEL,
-    "architecture": "whitebox.shapes_cnn",
-    "weights": str(WEIGHTS),
-    "num_classes": 10,
-    "labels": SHAPES_LABELS,
-    "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-    "target_layer": "features.10",
-}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +45,7 @@ def door(tmp_path_factory):
     if not WEIGHTS.exists():
         pytest.fail(f"the demo model's weights are missing: {WEIGHTS} (run `make train`)")
     tmp = tmp_path_factory.mktemp("door")
-    reg = tmp / "registry.yaml"
-    reg.write_text(yaml.safe_dump({"models": [ENTRY]}))
-    s = Stack(tmp, registry=reg)
+    s = Stack(tmp, registry=write_demo_registry(tmp))
     yield s
     s.stop()
 
@@ -319,7 +307,7 @@ def test_405_has_allow_and_no_server_header(door):
 
 def write_registry(tmp: Path, **changes: object) -> Path:
     path = tmp / "registry.yaml"
-    path.write_text(yaml.safe_dump({"models": [{**ENTRY, **changes}]}))
+    path.write_text(yaml.safe_dump({"models": [{**DEMO_ENTRY, **changes}]}))
     return path
 
 

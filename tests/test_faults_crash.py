@@ -20,18 +20,15 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import redis
-import yaml
 
 from schemas import queue as q
-from schemas.registry import load_registry
-from tests.conftest import WEIGHTS, Stack
+from tests.conftest import WEIGHTS, Stack, write_demo_registry
 from tests.helpers import png_b64
 from workers.training.shapes import generate
 
@@ -57,18 +54,6 @@ DISTINCT = math.lcm(len(MIXES), IMAGES)  # (job % 8, job % 20): 40 distinct requ
 DRAIN_S = 120.0  # bound on the wait for the last jobs once the kills stop
 CONSUMERS_SLACK = 1
 CONSUMERS_WAIT_S = q.HEARTBEAT_TTL_S + 20.0  # a dead worker's liveness key expires, then a claim pass
-
-
-def demo_registry(tmp: Path) -> Path:
-    """The bundled registry's demo model alone, its files as absolute paths (a worker starts in seconds)."""
-    reg = load_registry()
-    entry = reg.get(MODEL).model_dump(exclude_none=True)
-    for key in ("weights", "labels_file"):
-        if key in entry:
-            entry[key] = str(reg.resolve(entry[key]))
-    path = tmp / "registry.yaml"
-    path.write_text(yaml.safe_dump({"models": [entry]}))
-    return path
 
 
 def request_of(k: int, images: list[str]) -> dict[str, Any]:
@@ -226,7 +211,7 @@ def crash(tmp_path_factory) -> Any:
     tmp = tmp_path_factory.mktemp("crash")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WHITEBOX_MAX_BATCH_SIZE", "1")
-        stack = Stack(tmp, registry=demo_registry(tmp))
+        stack = Stack(tmp, registry=write_demo_registry(tmp))
     r = redis.Redis.from_url(stack.redis.url, decode_responses=True)
     events = None
     try:

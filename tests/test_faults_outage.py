@@ -22,13 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import yaml
 
 from cli.embedded_redis import EmbeddedRedis, free_port
 from schemas import queue as q
-from tests.conftest import ROOT, WEIGHTS, Stack
+from tests.conftest import ROOT, Stack, write_demo_registry
 from tests.helpers import png_b64, random_image
-from workers.training.shapes import LABELS as SHAPES_LABELS
 
 pytestmark = pytest.mark.integration
 
@@ -41,29 +39,13 @@ EXPLAIN = {"model": "shapes-cnn", "image": IMAGE, "methods": ["gradcam"]}
 FIGURES: dict[str, object] = {}
 
 
-def demo_registry(tmp: Path) -> Path:
-    """The demo model alone (the worker loads in seconds)."""
-    entry = {
-        "name": "shapes-cnn",
-        "architecture": "whitebox.shapes_cnn",
-        "weights": str(WEIGHTS),
-        "num_classes": 10,
-        "labels": SHAPES_LABELS,
-        "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-        "target_layer": "features.10",
-    }
-    path = tmp / "registry.yaml"
-    path.write_text(yaml.safe_dump({"models": [entry]}))
-    return path
-
-
 @pytest.fixture(scope="module")
 def outage_stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("outage")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WHITEBOX_REDIS_TIMEOUT_S", str(REDIS_TIMEOUT_S))
         mp.setenv("WHITEBOX_RETRY_AFTER_S", "2")
-        s = Stack(tmp, demo_registry(tmp))
+        s = Stack(tmp, write_demo_registry(tmp))
     yield s
     print("\noutage figures:", json.dumps(FIGURES, indent=1))
     s.stop()
@@ -274,7 +256,7 @@ def serve(tmp: Path, extra: dict[str, str]) -> tuple[subprocess.Popen, Path, int
         **os.environ,
         "WHITEBOX_PORT": str(port),
         "WHITEBOX_DATA_DIR": str(tmp),
-        "WHITEBOX_MODELS": str(demo_registry(tmp)),
+        "WHITEBOX_MODELS": str(write_demo_registry(tmp)),
         "WHITEBOX_LOG_LEVEL": "WARNING",
         "WHITEBOX_WORKER_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
@@ -357,7 +339,7 @@ def test_worker_started_before_redis_waits_for_it(tmp_path):
     env = {
         **os.environ,
         "REDIS_URL": server.url,
-        "WHITEBOX_MODELS": str(demo_registry(tmp_path)),
+        "WHITEBOX_MODELS": str(write_demo_registry(tmp_path)),
         "WHITEBOX_REDIS_TIMEOUT_S": str(REDIS_TIMEOUT_S),
         "WHITEBOX_WORKER_THREADS": "1",
         "WHITEBOX_LOG_LEVEL": "WARNING",

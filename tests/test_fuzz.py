@@ -14,12 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli.embedded_redis import free_port
-from tests.conftest import ROOT, WEIGHTS, Stack
-from tests.test_door import ENTRY
+from tests.conftest import ROOT, WEIGHTS, Stack, write_demo_registry
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +45,7 @@ def fuzz_url(tmp_path_factory):
     if not WEIGHTS.exists():
         pytest.fail(f"the demo model's weights are missing: {WEIGHTS} (run `make train`)")
     tmp = tmp_path_factory.mktemp("fuzz")
-    reg = tmp / "registry.yaml"
-    reg.write_text(yaml.safe_dump({"models": [ENTRY]}))
-    stack = Stack(tmp, registry=reg)
+    stack = Stack(tmp, registry=write_demo_registry(tmp))
     try:
         port = free_port()
         # the lockout would answer every request 429 once schemathesis has sent its wrong keys

@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 import redis
-import yaml
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
@@ -29,14 +28,13 @@ from schemas.methods import CATALOG
 from schemas.queue import JobResult
 from schemas.settings import Settings
 from schemas.status import JobStatus
-from tests.conftest import ROOT, WEIGHTS
+from tests.conftest import ROOT, write_demo_registry
 from tests.helpers import demo_model, png_b64, png_bytes, random_image
 from workers.explain.base import Progress
 from workers.serving.execute import Executor
 from workers.serving.outcome import Delivery, Entry, Outcomes
 from workers.serving.pipeline import Item, run_batch
 from workers.serving.render import decode_array
-from workers.training.shapes import LABELS as SHAPES_LABELS
 
 MODEL = "shapes-cnn"
 SEED_MAX = 2**63 - 1
@@ -181,21 +179,6 @@ def test_a_poison_job_in_a_worker_batch_fails_alone(model, r):
 # ---- a worker process ---------------------------------------------------------------------
 
 
-def demo_registry(tmp) -> str:
-    entry = {
-        "name": MODEL,
-        "architecture": "whitebox.shapes_cnn",
-        "weights": str(WEIGHTS),
-        "num_classes": 10,
-        "labels": SHAPES_LABELS,
-        "input": {"size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-        "target_layer": "features.10",
-    }
-    path = tmp / "registry.yaml"
-    path.write_text(yaml.safe_dump({"models": [entry]}))
-    return str(path)
-
-
 def wait_for(check, timeout: float, what: str, proc: subprocess.Popen, log) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -216,7 +199,7 @@ def test_an_oversize_result_fails_on_its_first_delivery_and_the_worker_goes_on(t
         env = {
             **os.environ,
             "REDIS_URL": server.url,
-            "WHITEBOX_MODELS": demo_registry(tmp_path),
+            "WHITEBOX_MODELS": str(write_demo_registry(tmp_path)),
             "WHITEBOX_MAX_RESULT_BYTES": "20000",
             "WHITEBOX_WORKER_THREADS": "1",
             "WHITEBOX_LOG_LEVEL": "WARNING",
