@@ -10,9 +10,11 @@ import base64
 import binascii
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image
 
+from schemas.api import ImageInfo
 from schemas.problems import ImageProblem
 
 FORMATS = ("PNG", "JPEG")
@@ -66,3 +68,30 @@ def decode_image(data: bytes | str, max_pixels: int) -> Image.Image:
     except Exception as e:  # truncated or corrupt data
         raise ImageProblem(f"{img.format} image could not be decoded (truncated or corrupt)", field="image") from e
     return img if img.mode in ("RGB", "L") else img.convert("RGB")
+
+
+@dataclass
+class Decoded:
+    """An image as the service reads it.
+
+    ``image`` is mode ``L`` or ``RGB`` (8-bit files), or ``F`` holding grey levels in [0, 255] after
+    the window (high-bit-depth grey and DICOM), so ``/ 255`` puts every kind on the same scale;
+    ``info`` says what was read and applied (the response's ``image``); ``payload`` is what the job
+    carries to the worker instead of the bytes sent, where they differ (DICOM: the file without its
+    patient data), else None."""
+
+    image: Image.Image
+    info: ImageInfo
+    payload: bytes | None = None
+
+
+def decode(
+    data: bytes | str, max_pixels: int, window: tuple[float, float] | None = None, frame: int | None = None
+) -> Decoded:
+    """Base64 text or raw bytes -> :class:`Decoded` (pixel limit from the header first; errors are
+    fixed sentences naming the mode or format, no decoder text). ``window`` (centre, width) overrides the
+    file's own; ``frame`` picks one frame of a multi-frame file."""
+    img = decode_image(data, max_pixels)
+    w, h = img.size
+    info = ImageInfo(format=img.format or "PNG", mode=img.mode, width=w, height=h, bits=8)
+    return Decoded(image=img, info=info)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator, model_validator
 
+from schemas.display import check_colormap
 from schemas.methods import CATALOG, Params
 from schemas.problems import ProblemDetails
 from schemas.status import JobStatus
@@ -14,7 +15,8 @@ from schemas.status import JobStatus
 Output = Literal["heatmap_png", "overlay_png", "array", "mask_png"]
 Normalize = Literal["minmax", "abs_max", "none"]
 ReduceChoice = Literal["max_abs", "sum", "abs_sum", "mean", "none"]
-Colormap = Literal["jet", "gray", "hot", "viridis"]
+
+Colormap = str  # any matplotlib colour map name (schemas.display.check_colormap)
 
 
 def names_to_calls(v: Any) -> Any:
@@ -28,6 +30,18 @@ def is_index(text: str) -> bool:
     """``text`` is a class index written in ASCII digits (``str.isdigit`` also takes '²', which ``int``
     refuses)."""
     return text.isascii() and text.isdigit()
+
+
+IMAGE_DESCRIPTION = (
+    "base64 image file: PNG, JPEG, TIFF, GIF or DICOM; 8/16/32-bit grey, grey+alpha, RGB(A), palette or CMYK"
+)
+COLORMAP_DESCRIPTION = "a matplotlib colour map name; default: bwr for signed maps, jet for unsigned ones"
+NORMALIZE_DESCRIPTION = "default: abs_max for signed maps (zero stays zero), minmax for unsigned ones"
+WINDOW_DESCRIPTION = (
+    "grey-level window (centre and width, both or neither) for high-bit-depth grey and DICOM, in the stored "
+    "values after the modality LUT; default: the file's own window, else the full range"
+)
+FRAME_DESCRIPTION = "frame of a multi-frame DICOM or an animated image (required for those, refused otherwise)"
 
 
 def _default_outputs() -> list[Output]:
@@ -66,14 +80,23 @@ class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., min_length=1, max_length=128)
-    image: str = Field(..., min_length=1, description="base64 PNG or JPEG")
+    image: str = Field(..., min_length=1, description=IMAGE_DESCRIPTION)
     target: int | str = Field("predicted", description="class index, class label, or 'predicted'")
     methods: list[MethodCall] = Field(..., min_length=1, max_length=8)
     outputs: list[Output] = Field(default_factory=_default_outputs, min_length=1)
-    colormap: Colormap = "jet"
-    normalize: Normalize = "minmax"
+    colormap: Colormap | None = Field(None, description=COLORMAP_DESCRIPTION)
+    normalize: Normalize | None = Field(None, description=NORMALIZE_DESCRIPTION)
     reduce: ReduceChoice | None = Field(None, description="C x H x W -> H x W; default per method")
     top_k: int = Field(5, ge=1, le=100)
+    colorbar: bool = Field(False, description="heatmap_png and overlay_png get a colour bar with the raw value range")
+    opacity: float = Field(0.5, ge=0.0, le=1.0, description="weight of the heatmap in overlay_png")
+    threshold: float | None = Field(
+        None, gt=0.0, le=100.0, description="keep the top p % of relevance (by |value|) in the pictures"
+    )
+    contour: bool = Field(False, description="overlay_png: draw the outline of the kept region (with threshold)")
+    window_center: float | None = Field(None, allow_inf_nan=False, description=WINDOW_DESCRIPTION)
+    window_width: float | None = Field(None, ge=1.0, allow_inf_nan=False, description=WINDOW_DESCRIPTION)
+    frame: int | None = Field(None, ge=0, le=65535, description=FRAME_DESCRIPTION)
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -86,6 +109,24 @@ class ExplainRequest(BaseModel):
         if isinstance(v, int) and v < 0:
             raise ValueError("class index must be >= 0")
         return v
+
+    @field_validator("colormap")
+    @classmethod
+    def _colormap(cls, v: str | None) -> str | None:
+        return None if v is None else check_colormap(v)
+
+    @model_validator(mode="after")
+    def _window(self) -> ExplainRequest:
+        if (self.window_center is None) != (self.window_width is None):
+            raise ValueError("give both window_center and window_width, or neither")
+        return self
+
+    def window(self) -> tuple[float, float] | None:
+        """(centre, width) of the grey-level window the request names (None: the file's own, else the
+        full range); ``common.window.Window`` applies it."""
+        if self.window_center is None or self.window_width is None:
+            return None
+        return self.window_center, self.window_width
 
 
 class ClassScore(BaseModel):
@@ -120,6 +161,9 @@ class Explanation(BaseModel):
     mask_png: str | None = None
     array: ArrayOut | None = None
     raw_range: list[float]
+    signed: bool = Field(..., description="the map can be negative (its method and reduce keep the sign)")
+    normalize: Normalize = Field(..., description="the normalisation applied to the pictures and the array")
+    colormap: Colormap = Field(..., description="the colour map of heatmap_png and overlay_png")
     compute_ms: float
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -134,9 +178,33 @@ class Timings(BaseModel):
     total_ms: float | None = Field(None, description="from the request's arrival (or the job's creation) to its answer")
 
 
+class AppliedWindow(BaseModel):
+    center: float
+    width: float
+    source: Literal["request", "file", "full_range"]
+
+
+class ImageInfo(BaseModel):
+    """What was read from the image sent, and how it was turned into pixels (no patient data)."""
+
+    format: str = Field(..., description="PNG, JPEG, TIFF, GIF or DICOM")
+    mode: str = Field(..., description="the file's pixel mode (PIL mode, or DICOM photometric interpretation)")
+    width: int = Field(..., description="after EXIF orientation")
+    height: int
+    bits: int = Field(..., description="bits per sample as stored (DICOM: bits stored)")
+    orientation: int | None = Field(None, description="the EXIF orientation applied (2-8); null: none")
+    frame: int | None = Field(None, description="the frame explained, of a multi-frame file")
+    frames: int = 1
+    window: AppliedWindow | None = Field(None, description="the grey-level window applied (high-bit-depth grey)")
+    rescale_slope: float | None = Field(None, description="DICOM modality LUT applied before the window")
+    rescale_intercept: float | None = None
+    inverted: bool = Field(False, description="DICOM MONOCHROME1: inverted after the window")
+
+
 class ExplainResponse(BaseModel):
     id: str
     model: str
+    image: ImageInfo | None = None
     prediction: Prediction
     target: TargetOut
     explanations: list[Explanation]
@@ -289,14 +357,21 @@ class ExplainForm(BaseModel):
     as a JSON MethodCall object). Documents the form only; the gateway validates it as an ExplainRequest."""
 
     model: str
-    image: bytes = Field(..., description="the PNG or JPEG file")
+    image: bytes = Field(..., description="the image file (" + IMAGE_DESCRIPTION.split(": ", 1)[1] + ")")
     methods: list[str] = Field(..., description="method names or JSON MethodCall objects, or one JSON array")
     target: str = Field("predicted", description="class index, class label, or 'predicted'")
     outputs: list[Output] = Field(default_factory=_default_outputs, description="repeated, or one JSON array")
-    colormap: Colormap = "jet"
-    normalize: Normalize = "minmax"
+    colormap: Colormap | None = Field(None, description=COLORMAP_DESCRIPTION)
+    normalize: Normalize | None = Field(None, description=NORMALIZE_DESCRIPTION)
     reduce: ReduceChoice | None = None
     top_k: int = 5
+    colorbar: bool = False
+    opacity: float = 0.5
+    threshold: float | None = None
+    contour: bool = False
+    window_center: float | None = Field(None, description=WINDOW_DESCRIPTION)
+    window_width: float | None = None
+    frame: int | None = Field(None, description=FRAME_DESCRIPTION)
 
 
 # ---- discovery --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from common.images import decode_image
+from common.images import decode
 from common.telemetry import WorkerMetrics
 from schemas import queue as q
 from schemas.api import Timings
@@ -60,7 +60,7 @@ class Executor:
 
     def _item(self, d: Delivery, job: q.ExplainJob) -> Item | None:
         try:
-            image = decode_image(job.request.image, self.limits.max_image_pixels)
+            decoded = decode(job.request.image, self.limits.max_image_pixels, job.request.window(), job.request.frame)
         except Problem as e:
             self.outcomes.fail(d, e)
             return None
@@ -68,7 +68,13 @@ class Executor:
             self.outcomes.fail(d, internal_error(e))
             return None
         progress = JobReporter(self.r, job.id).progress()
-        return Item(request=job.request, image=image, target_index=job.target_index, progress=progress)
+        return Item(
+            request=job.request,
+            image=decoded.image,
+            image_info=decoded.info,
+            target_index=job.target_index,
+            progress=progress,
+        )
 
     def _run_explain(self, model: LoadedModel, name: str, batch: list[tuple[Delivery, Item]], now: float) -> None:
         items = [it for _, it in batch]

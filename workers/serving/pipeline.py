@@ -23,6 +23,7 @@ from schemas.api import (
     ExplainRequest,
     ExplainResponse,
     Explanation,
+    ImageInfo,
     MethodCall,
     Prediction,
     TargetOut,
@@ -72,11 +73,13 @@ class Result:
     prediction: Prediction
     target: TargetOut
     explanations: list[Explanation]
+    image: ImageInfo | None = None
 
     def response(self, job_id: str, timings: Timings) -> ExplainResponse:
         return ExplainResponse(
             id=job_id,
             model=self.model,
+            image=self.image,
             prediction=self.prediction,
             target=self.target,
             explanations=self.explanations,
@@ -93,6 +96,7 @@ class Item:
     request: ExplainRequest
     image: Image.Image
     target_index: int | None = None
+    image_info: ImageInfo | None = None
     progress: Progress = NO_PROGRESS
     result: Result | None = None
     error: ExplainError | None = None
@@ -358,6 +362,7 @@ def _assemble(b: _Batch, i: int) -> None:
         prediction=Prediction(class_index=pred, label=model.labels[pred], score=float(top.values[0]), top_k=top_k),
         target=TargetOut(class_index=t, label=model.labels[t]),
         explanations=explanations,
+        image=it.image_info,
     )
 
 
@@ -373,11 +378,15 @@ def _render(
     w, h = it.image.size
     m = resize(reduce_channels(raw.detach().float(), how), (h, w))[0]
     raw_range = [float(m.min()), float(m.max())]
-    mn = normalize(m, req.normalize)
+    how_norm = req.normalize or "minmax"
+    mn = normalize(m, how_norm)
     return Explanation(
         method=call.name,
         params=params,
         raw_range=raw_range,
+        signed=False,
+        normalize=how_norm,
+        colormap=req.colormap or "jet",
         compute_ms=round(compute_ms, 3),
         metadata=meta,
         **_outputs(mn, req, it.image),
@@ -386,15 +395,15 @@ def _render(
 
 def _outputs(mn: torch.Tensor, req: ExplainRequest, image: Image.Image) -> dict[str, Any]:
     """The client formats the request asked for, of the normalised map ``mn`` (1, H, W)."""
-    disp = display_map(mn, req.normalize).cpu().numpy() if any(o != "array" for o in req.outputs) else None
+    disp = display_map(mn, req.normalize or "minmax").cpu().numpy() if any(o != "array" for o in req.outputs) else None
     out: dict[str, Any] = {}
     for o in req.outputs:
         if o == "heatmap_png":
-            out[o] = render.heatmap_png(disp, req.colormap)
+            out[o] = render.heatmap_png(disp, req.colormap or "jet")
         elif o == "mask_png":
             out[o] = render.mask_png(disp)
         elif o == "overlay_png":
-            out[o] = render.overlay_png(disp, image, req.colormap)
+            out[o] = render.overlay_png(disp, image, req.colormap or "jet")
         elif o == "array":
             a = mn.cpu().numpy()
             out[o] = render.array_out(a[0] if a.shape[0] == 1 else a)
