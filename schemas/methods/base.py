@@ -40,6 +40,7 @@ class MethodSpec:
     stochastic: bool = False
     gradient_based: bool = False  # accepts the `smoothgrad` modifier
     uses_layer: bool = False
+    signed: bool = True  # the raw map can be negative (False: ReLU'd, a mask, an absolute difference)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def describe(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class MethodSpec:
             "stochastic": self.stochastic,
             "accepts_smoothgrad_modifier": self.gradient_based,
             "uses_layer": self.uses_layer,
+            "signed": self.signed,
             "notes": list(self.notes),
             "params_schema": self.params.model_json_schema(),
         }

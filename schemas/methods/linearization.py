@@ -214,6 +214,7 @@ method(
 )
 method(
     name="gradcam",
+    signed=False,
     family="linearization",
     paper="§4.6 Eq. 9-10",
     params=GradCamParams,

@@ -171,6 +171,7 @@ method(
 )
 method(
     name="adversarial_generators",
+    signed=False,
     family="adversarial",
     paper="§6 Eq. 27",
     params=GeneratorParams,
@@ -204,6 +205,7 @@ method(
 )
 method(
     name="meaningful_perturbation",
+    signed=False,
     family="black_box",
     paper="§2.1 (Fong & Vedaldi)",
     params=MeaningfulParams,

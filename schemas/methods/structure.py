@@ -230,6 +230,7 @@ class FemParams(Params):
 
 method(
     name="fem",
+    signed=False,
     family="structure",
     paper="§5.3 Eq. 26",
     params=FemParams,
