@@ -19,6 +19,7 @@ interpretation from the standard's list), never free text from the file."""
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from typing import Any
 
@@ -28,7 +29,7 @@ import pydicom.config
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, generate_uid
 
@@ -37,7 +38,10 @@ from common.window import Window
 from schemas.api import AppliedWindow, ImageInfo
 from schemas.problems import ImageProblem
 
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE  # no warnings quoting values
+# pydicom's validation warnings and log records quote element values (patient data): none is raised
+# or logged; every failure becomes one of the fixed sentences below
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+logging.getLogger("pydicom").disabled = True
 
 PREAMBLE = 128
 MAGIC = b"DICM"
@@ -195,7 +199,7 @@ class _Geometry:
         if "PixelData" not in ds:
             if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
                 raise _problem("DICOM float pixel data is not supported; send integer PixelData")
-            raise _problem("DICOM file has no pixel data (PixelData)")
+            raise _problem("DICOM file has no pixel data (no PixelData element, or the file is truncated)")
         self.rows, self.cols = _int(ds, "Rows"), _int(ds, "Columns")
         if self.rows < 1 or self.cols < 1:
             raise _problem("DICOM file declares an empty image (Rows or Columns is 0)")
@@ -315,20 +319,27 @@ def _voi(
             y = 255.0 / (1.0 + np.exp(-4.0 * (v - c_file) / w_file))
         return np.clip(y, 0.0, 255.0).astype(np.float32), applied
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        item = ds.VOILUTSequence[0]
-        try:
-            desc = [int(x) for x in item.LUTDescriptor]
-            n = desc[0] or 65536
-            out = np.asarray(apply_voi(vals, ds, index=0), dtype=np.float64)
-            data = np.asarray(item.LUTData, dtype=np.float64)
-        except Exception as e:
-            raise _problem("DICOM VOI LUT Sequence is invalid") from e
-        top = float((1 << desc[2]) - 1) if 0 < desc[2] <= 16 else float(data.max())
-        y = np.clip(out / max(top, 1.0) * 255.0, 0.0, 255.0).astype(np.float32)
-        # reported as the window of the LUT's input range (its first mapped value, its length)
-        return y, AppliedWindow(center=desc[1] + n / 2, width=float(n), source="file")
+        return _voi_lut(ds.VOILUTSequence[0], vals)
     full = Window.full_range(lo, hi)
     return full.apply(vals), AppliedWindow(center=full.center, width=full.width, source="full_range")
+
+
+def _voi_lut(item: Dataset, vals: np.ndarray) -> tuple[np.ndarray, AppliedWindow]:
+    """The first VOI LUT (PS3.3 C.11.2.1.1): input below the first mapped value takes the first entry,
+    above the last the last; the output (``bits`` of the descriptor) scaled to [0, 255]. Reported as the
+    window of the LUT's input range (its first mapped value, its length)."""
+    try:
+        desc = [int(x) for x in item.LUTDescriptor]
+        n, first, bits = desc[0] or 65536, desc[1], desc[2]
+        raw = item.LUTData
+        data = np.asarray(raw if not isinstance(raw, bytes) else np.frombuffer(raw, "<u2"), dtype=np.float64)
+    except Exception as e:
+        raise _problem("DICOM VOI LUT Sequence is invalid") from e
+    if data.size != n or not 1 <= bits <= 16:
+        raise _problem("DICOM VOI LUT Sequence is invalid")
+    index = np.clip(np.rint(vals) - first, 0, n - 1).astype(np.int64)
+    y = np.clip(data[index] / float((1 << bits) - 1) * 255.0, 0.0, 255.0).astype(np.float32)
+    return y, AppliedWindow(center=first + n / 2, width=float(n), source="file")
 
 
 def decode_dicom(

@@ -142,9 +142,9 @@ def _luts(
 ) -> None:
     if modality_lut is not None:
         item = Dataset()
-        item.LUTDescriptor, item.ModalityLUTType = modality_lut[0], "HU"
-        item.LUTExplanation = "test modality LUT"
-        item.LUTData = modality_lut[1]
+        item.add_new("LUTDescriptor", "US", list(modality_lut[0]))
+        item.ModalityLUTType, item.LUTExplanation = "HU", "test modality LUT"
+        item.add_new("LUTData", "US", list(modality_lut[1]))
         ds.ModalityLUTSequence = [item]
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
@@ -153,7 +153,8 @@ def _luts(
         ds.VOILUTFunction = voi_function
     if voi_lut is not None:
         item = Dataset()
-        item.LUTDescriptor, item.LUTData = voi_lut
+        item.add_new("LUTDescriptor", "US", list(voi_lut[0]))
+        item.add_new("LUTData", "US", list(voi_lut[1]))
         item.LUTExplanation = "test VOI LUT"
         ds.VOILUTSequence = [item]
     if palette is not None:
