@@ -2,7 +2,7 @@
 
 :func:`write_dicom` writes grey (or colour) pixels under any transfer syntax this machine can encode:
 uncompressed (explicit / implicit VR little endian, explicit big endian, deflated), RLE Lossless and
-JPEG 2000 (pydicom's encoders), JPEG Baseline (Pillow's encoder, 8 bits), JPEG Lossless Process 14
+JPEG 2000 (pydicom's encoders), JPEG Baseline and Extended (Pillow's encoder, 8 bits), JPEG Lossless Process 14
 (selection value 1: :func:`jpeg_lossless_sv1`, written here from ITU-T T.81 Annex H, since no encoder
 is installed). JPEG-LS cannot be encoded here. :func:`grey8_to_dicom` turns an 8-bit grey image into a
 12-bit stored file whose own window maps it back to the same 255 levels exactly."""
@@ -27,6 +27,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
     RLELossless,
@@ -184,9 +185,9 @@ def _pixel_data(
             kw: dict[str, Any] = {"j2k_cr": [20]} if ts == JPEG2000 else {}
             ds.compress(ts, frames if multi else frames[0], generate_instance_uid=False, **kw)
         return
-    if ts == JPEGBaseline8Bit:
+    if ts in (JPEGBaseline8Bit, JPEGExtended12Bit):  # an 8-bit baseline stream is also Process 2
         if not eight:
-            raise ValueError("JPEG Baseline holds 8-bit samples")
+            raise ValueError("Pillow's JPEG encoder writes 8-bit samples")
         encoded = [_pillow_jpeg(f, quality) for f in frames]
         if colour:
             ds.PhotometricInterpretation = "YBR_FULL_422"  # what Pillow's encoder stores

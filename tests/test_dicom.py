@@ -24,6 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
     RLELossless,
@@ -236,10 +237,11 @@ def test_palette_colour():
     assert d.image.mode == "RGB" and np.array_equal(np.asarray(d.image), expect.astype(np.uint8))
 
 
-def test_jpeg_baseline_grey_against_pillows_decoder():
+@pytest.mark.parametrize("ts", [JPEGBaseline8Bit, JPEGExtended12Bit], ids=lambda u: u.name)
+def test_jpeg_baseline_grey_against_pillows_decoder(ts):
     yy, xx = np.mgrid[0:64, 0:64]
     img = ((xx * 3 + yy * 2) % 256).astype(np.uint8)
-    data = write_dicom(img, bits_stored=8, rescale_intercept=None, rescale_slope=None, transfer_syntax=JPEGBaseline8Bit)
+    data = write_dicom(img, bits_stored=8, rescale_intercept=None, rescale_slope=None, transfer_syntax=ts)
     d = decode_dicom(data, MAX)
     frag = next(generate_frames(pydicom.dcmread(io.BytesIO(data)).PixelData, number_of_frames=1))
     ref = np.asarray(Image.open(io.BytesIO(frag)).convert("L"), dtype=np.float32)
