@@ -115,8 +115,8 @@ def _read(data: bytes, pixels: bool) -> Dataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
-    except Exception as e:  # pydicom's messages quote element values: never passed on
-        raise _problem("DICOM file could not be read (truncated or corrupt)") from e
+    except Exception:  # pydicom's messages quote element values: never passed on
+        raise _problem("DICOM file could not be read (truncated or corrupt)") from None
     return ds
 
 
@@ -124,8 +124,8 @@ def _get(ds: Dataset, name: str, default: Any = None) -> Any:
     """An element's value (pydicom converts raw elements when first read: a broken one fails here)."""
     try:
         return ds.get(name, default)
-    except Exception as e:
-        raise _problem(f"DICOM attribute {name} could not be read") from e
+    except Exception:
+        raise _problem(f"DICOM attribute {name} could not be read") from None
 
 
 def _int(ds: Dataset, name: str, default: int | None = None) -> int:
@@ -138,8 +138,8 @@ def _int(ds: Dataset, name: str, default: int | None = None) -> int:
         return default
     try:
         return int(v)
-    except (TypeError, ValueError) as e:
-        raise _problem(f"DICOM attribute {name} is not a number") from e
+    except (TypeError, ValueError):
+        raise _problem(f"DICOM attribute {name} is not a number") from None
 
 
 def _float(ds: Dataset, name: str) -> float | None:
@@ -150,8 +150,8 @@ def _float(ds: Dataset, name: str) -> float | None:
         return None
     try:
         f = float(v)
-    except (TypeError, ValueError) as e:
-        raise _problem(f"DICOM attribute {name} is not a number") from e
+    except (TypeError, ValueError):
+        raise _problem(f"DICOM attribute {name} is not a number") from None
     if not np.isfinite(f):
         raise _problem(f"DICOM attribute {name} is not a finite number")
     return f
@@ -160,7 +160,12 @@ def _float(ds: Dataset, name: str) -> float | None:
 def dicom_size(data: bytes) -> tuple[int, int]:
     """(width, height) = (Columns, Rows) of one frame, from the header (no pixel decoded)."""
     ds = _read(data, pixels=False)
-    return _int(ds, "Columns"), _int(ds, "Rows")
+    try:
+        return _int(ds, "Columns"), _int(ds, "Rows")
+    except ImageProblem:
+        raise
+    except Exception:
+        raise _problem("DICOM file could not be read (unexpected content)") from None
 
 
 def _photometric(ds: Dataset) -> str:
@@ -239,8 +244,8 @@ def _pixels(ds: Dataset, index: int, g: _Geometry) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = pixel_array(ds, index=index if g.frames > 1 else None)
-    except Exception as e:  # the decoders' messages may quote the data set
-        raise _problem("DICOM pixel data could not be decoded (truncated or corrupt)") from e
+    except Exception:  # the decoders' messages may quote the data set
+        raise _problem("DICOM pixel data could not be decoded (truncated or corrupt)") from None
     arr = np.asarray(arr)
     shape = (g.rows, g.cols) if g.samples == 1 else (g.rows, g.cols, 3)
     if arr.shape != shape:
@@ -255,8 +260,8 @@ def _colour(ds: Dataset, arr: np.ndarray, g: _Geometry) -> np.ndarray:
             raise _problem("DICOM PALETTE COLOR image has over 16 bits stored")
         try:
             rgb = np.asarray(apply_color_lut(arr, ds))
-        except Exception as e:
-            raise _problem("DICOM palette colour lookup tables are missing or invalid") from e
+        except Exception:
+            raise _problem("DICOM palette colour lookup tables are missing or invalid") from None
         if rgb.dtype != np.uint8:  # 16-bit entries: the high byte
             rgb = (rgb.astype(np.uint32) >> 8).astype(np.uint8)
         return rgb
@@ -275,8 +280,8 @@ def _modality(
         try:
             out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
             data = np.asarray(ds.ModalityLUTSequence[0].LUTData, dtype=np.float64)
-        except Exception as e:
-            raise _problem("DICOM Modality LUT Sequence is invalid") from e
+        except Exception:
+            raise _problem("DICOM Modality LUT Sequence is invalid") from None
         return out, float(data.min()), float(data.max()), None, None
     slope = _float(ds, "RescaleSlope")
     intercept = _float(ds, "RescaleIntercept")
@@ -330,8 +335,8 @@ def _voi_lut(item: Dataset, vals: np.ndarray) -> tuple[np.ndarray, AppliedWindow
         n, first, bits = desc[0] or 65536, desc[1], desc[2]
         raw = item.LUTData
         data = np.asarray(raw if not isinstance(raw, bytes) else np.frombuffer(raw, "<u2"), dtype=np.float64)
-    except Exception as e:
-        raise _problem("DICOM VOI LUT Sequence is invalid") from e
+    except Exception:
+        raise _problem("DICOM VOI LUT Sequence is invalid") from None
     if data.size != n or not 1 <= bits <= 16:
         raise _problem("DICOM VOI LUT Sequence is invalid")
     index = np.clip(np.rint(vals) - first, 0, n - 1).astype(np.int64)
@@ -343,7 +348,18 @@ def decode_dicom(
     data: bytes, max_pixels: int, window: tuple[float, float] | None = None, frame: int | None = None
 ) -> images.Decoded:
     """DICOM Part 10 bytes -> :class:`Decoded`: a mode ``F`` image in [0, 255] (grey) or 8-bit ``RGB``
-    (colour), what was applied, and the file without its patient data as ``payload``."""
+    (colour), what was applied, and the file without its patient data as ``payload``. Raises only
+    :class:`ImageProblem` with a fixed sentence, its cause dropped (``from None``), so that no traceback
+    logged anywhere carries pydicom's text."""
+    try:
+        return _decode(data, max_pixels, window, frame)
+    except ImageProblem:
+        raise
+    except Exception:
+        raise _problem("DICOM file could not be decoded (unexpected content)") from None
+
+
+def _decode(data: bytes, max_pixels: int, window: tuple[float, float] | None, frame: int | None) -> images.Decoded:
     ds = _read(data, pixels=True)  # the values only: no pixel is decoded before the checks
     g = _Geometry(ds, max_pixels)
     _transfer_syntax(ds)
@@ -359,14 +375,14 @@ def decode_dicom(
         "frames": g.frames,
     }
     if g.photometric in COLOUR:
-        img = Image.fromarray(_colour(ds, arr, g), mode="RGB")
+        img = Image.fromarray(np.ascontiguousarray(_colour(ds, arr, g), dtype=np.uint8))
     else:
         vals, lo, hi, slope, intercept = _modality(ds, arr, g)
         y, applied = _voi(ds, vals, lo, hi, window)
         inverted = g.photometric == "MONOCHROME1"
         if inverted:
             y = (255.0 - y).astype(np.float32)
-        img = Image.fromarray(np.ascontiguousarray(y, dtype=np.float32), mode="F")
+        img = Image.fromarray(np.ascontiguousarray(y, dtype=np.float32))
         info.update(window=applied, rescale_slope=slope, rescale_intercept=intercept, inverted=inverted)
     return images.Decoded(image=img, info=ImageInfo(**info), payload=deidentify(ds))
 

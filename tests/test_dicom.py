@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,8 +83,10 @@ def refused(data: bytes, *words: str, field: str = "image", **kw) -> str:
     assert p.status == 422 and p.field == field, (p.status, p.field, p.detail)
     for w in words:
         assert w.lower() in p.detail.lower(), (w, p.detail)
+    logged = "".join(traceback.format_exception(p))  # what a log line with exc_info would hold
+    assert p.__cause__ is None and p.__suppress_context__  # no decoder text chained to it
     for secret in (PLANTED_NAME, "Planted", PLANTED_ID, "Zq7"):
-        assert secret not in p.detail
+        assert secret not in p.detail and secret not in logged
     return p.detail
 
 
