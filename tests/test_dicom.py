@@ -84,7 +84,7 @@ def refused(data: bytes, *words: str, field: str = "image", **kw) -> str:
     for w in words:
         assert w.lower() in p.detail.lower(), (w, p.detail)
     logged = "".join(traceback.format_exception(p))  # what a log line with exc_info would hold
-    assert p.__cause__ is None and p.__suppress_context__  # no decoder text chained to it
+    assert p.__cause__ is None and (p.__context__ is None or p.__suppress_context__)  # no decoder text chained
     for secret in (PLANTED_NAME, "Planted", PLANTED_ID, "Zq7"):
         assert secret not in p.detail and secret not in logged
     return p.detail
