@@ -422,6 +422,9 @@ class MethodInfo(BaseModel):
     stochastic: bool
     accepts_smoothgrad_modifier: bool
     uses_layer: bool
+    signed: bool = Field(
+        ..., description="the method's map can be negative under its default reduce (drawn on a diverging colour map)"
+    )
     notes: list[str]
     params_schema: dict[str, Any] = Field(..., description="JSON schema of the method's params")
 
