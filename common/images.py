@@ -50,9 +50,21 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def _pixel_limit(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageProblem(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}", field="image")
+
+
 def image_size(data: bytes | str, max_pixels: int) -> tuple[int, int]:
-    """(width, height) from the header, checked as :func:`decode_image` checks it, without decoding."""
-    return open_checked(b64_to_bytes(data) if isinstance(data, str) else data, max_pixels).size
+    """(width, height) from the header, checked as :func:`decode` checks it, without decoding."""
+    raw = b64_to_bytes(data) if isinstance(data, str) else data
+    from common import dicom  # lazily: common.dicom imports this module
+
+    if dicom.is_dicom(raw):
+        w, h = dicom.dicom_size(raw)
+        _pixel_limit(w, h, max_pixels)
+        return w, h
+    return open_checked(raw, max_pixels).size
 
 
 def decode_image(data: bytes | str, max_pixels: int) -> Image.Image:
@@ -91,7 +103,12 @@ def decode(
     """Base64 text or raw bytes -> :class:`Decoded` (pixel limit from the header first; errors are
     fixed sentences naming the mode or format, no decoder text). ``window`` (centre, width) overrides the
     file's own; ``frame`` picks one frame of a multi-frame file."""
-    img = decode_image(data, max_pixels)
+    raw = b64_to_bytes(data) if isinstance(data, str) else data
+    from common import dicom  # lazily: common.dicom imports this module
+
+    if dicom.is_dicom(raw):
+        return dicom.decode_dicom(raw, max_pixels, window, frame)
+    img = decode_image(raw, max_pixels)
     w, h = img.size
     info = ImageInfo(format=img.format or "PNG", mode=img.mode, width=w, height=h, bits=8)
     return Decoded(image=img, info=info)

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from common.images import decode_image
+from common.images import Decoded, decode, decode_image
 from schemas.api import MethodCall, is_index
 from schemas.cost import estimate, result_bytes
 from schemas.problems import MethodProblem, NotFound, OverBudget, PayloadTooLarge, Problem, TargetProblem
@@ -83,24 +83,38 @@ async def admit(gw: Gateway, model: str, target: int | str, methods: list[Method
     return index
 
 
-async def check_image(gw: Gateway, b64: str, field: str = "image") -> tuple[int, int]:
-    """The image decodes (PNG or JPEG, within the pixel limit, not truncated); else 422 naming ``field``.
-    Decoded in a thread, off the event loop; its (width, height)."""
+async def check_image(
+    gw: Gateway,
+    b64: str,
+    field: str = "image",
+    window: tuple[float, float] | None = None,
+    frame: int | None = None,
+) -> Decoded:
+    """The image decodes as the worker will decode it (``common.images.decode``: its format and mode
+    accepted, within the pixel limit, not truncated, the window and frame applicable); else 422 naming
+    ``field``, or ``window_center`` / ``frame`` where the problem is theirs. Decoded in a thread, off the
+    event loop."""
     try:
-        img = await asyncio.to_thread(decode_image, b64, gw.settings.max_image_pixels)
+        return await asyncio.to_thread(decode, b64, gw.settings.max_image_pixels, window, frame)
     except Problem as e:
-        e.field = field
+        if e.field not in ("window_center", "frame"):
+            e.field = field
         e.errors = None
         raise
-    return img.size
 
 
 async def check_images(gw: Gateway, fields: list[tuple[str, str | None]]) -> None:
-    """Masks and maps given as images (``(field, base64)``; None skipped): each as :func:`check_image`
-    (the pixel limit from the header before decoding)."""
+    """Masks and maps given as images (``(field, base64)``; None skipped): PNG or JPEG read as 8-bit
+    (``decode_image``), the pixel limit from the header before decoding."""
     for field, b64 in fields:
-        if b64 is not None:
-            await check_image(gw, b64, field)
+        if b64 is None:
+            continue
+        try:
+            await asyncio.to_thread(decode_image, b64, gw.settings.max_image_pixels)
+        except Problem as e:
+            e.field = field
+            e.errors = None
+            raise
 
 
 def check_cost(

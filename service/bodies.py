@@ -27,7 +27,11 @@ from service.deps import RECEIVED, authenticate, get_gateway, require_key
 
 OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed off the event loop
 JSON_FIELDS = ("methods", "outputs")  # a JSON array, or repeated fields (a name or a JSON object each)
-INT_FIELDS = ("top_k", "target")  # digits are numbers
+INT_FIELDS = ("top_k", "target", "frame")  # digits are numbers
+FLOAT_FIELDS = ("opacity", "threshold", "window_center", "window_width")  # a number's text is the number
+BOOL_FIELDS = {"true": True, "on": True, "1": True, "yes": True, "false": False, "off": False, "0": False, "no": False}
+BOOL_NAMES = ("colorbar", "contour")
+TYPED_FIELDS = (*FLOAT_FIELDS, *BOOL_NAMES, "frame")  # a blank one is left out (the default)
 MAX_FORM_FIELDS, MAX_FORM_FILES = 64, 1
 # a JSON string (skipped whole, escapes included) or a bracket: what nesting depth is counted from
 _JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
@@ -117,13 +121,29 @@ async def _form_fields(items: list[tuple[str, str | UploadFile]], limit: int) ->
                 data[key] = base64.b64encode(await value.read()).decode() if key == "image" else value
             elif key in JSON_FIELDS:
                 data[key] = _form_list(data.get(key), value, limit, key)
-            elif key in INT_FIELDS and is_index(value):
-                data[key] = int(value)
+            elif key in TYPED_FIELDS and not value.strip():
+                data.pop(key, None)
+            elif key in INT_FIELDS and is_index(value.strip()):
+                data[key] = int(value.strip())
             else:
-                data[key] = value
+                data[key] = _typed(key, value)
     except json.JSONDecodeError as e:
         raise ValidationProblem(f"a form field is not valid JSON: {e}") from e
     return data
+
+
+def _typed(key: str, value: str) -> Any:
+    """A float or boolean field's form text as its value; text that is none stays text, for the request
+    model to refuse naming the field."""
+    v = value.strip()
+    if key in FLOAT_FIELDS:
+        try:
+            return float(v)
+        except ValueError:
+            return value
+    if key in BOOL_NAMES:
+        return BOOL_FIELDS.get(v.lower(), value)
+    return value
 
 
 async def parsed(request: Request, accepts_form: bool) -> ParsedRequest:

@@ -4,6 +4,9 @@ carries the target resolved to a class index. A multi-image request is admitted 
 
 from __future__ import annotations
 
+import base64
+
+from common.images import Decoded
 from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest
 from schemas.queue import CompareJob, EvaluateJob, ExplainJob, new_job_id
 from service.admission import admit, check_cost, check_image, check_images, check_result
@@ -14,9 +17,21 @@ async def explain_job(gw: Gateway, req: ExplainRequest, field: str = "image") ->
     """The job of one explain request once every check passed (``field``: where its image is)."""
     index = await admit(gw, req.model, req.target, req.methods)
     check_cost(gw, req.model, req.methods)
-    size = await check_image(gw, req.image, field)
-    check_result(gw, size, len(req.methods), req.outputs)
-    return ExplainJob(id=new_job_id(), model=req.model, request=req, target_index=index)
+    decoded = await check_image(gw, req.image, field, req.window(), req.frame)
+    check_result(gw, (decoded.info.width, decoded.info.height), len(req.methods), req.outputs)
+    return ExplainJob(id=new_job_id(), model=req.model, request=carried(req, decoded), target_index=index)
+
+
+def payload_b64(image: str, decoded: Decoded) -> str:
+    """What a job carries for an image: the bytes sent, or the decoder's payload where it has one (a DICOM
+    file without its patient data: the bytes sent never reach Redis)."""
+    return image if decoded.payload is None else base64.b64encode(decoded.payload).decode()
+
+
+def carried(req: ExplainRequest, decoded: Decoded) -> ExplainRequest:
+    if decoded.payload is None:
+        return req
+    return req.model_copy(update={"image": payload_b64(req.image, decoded)})
 
 
 async def submit_explain(gw: Gateway, req: ExplainRequest) -> str:
@@ -34,8 +49,9 @@ async def submit_explains(gw: Gateway, reqs: list[ExplainRequest], field: str = 
 async def submit_evaluate(gw: Gateway, req: EvaluateRequest) -> str:
     index = await admit(gw, req.model, req.target, req.methods)
     check_cost(gw, req.model, req.methods, images=len(req.images), metrics=req.metrics)
-    for i, image in enumerate(req.images):
-        await check_image(gw, image, f"images.{i}")
+    carried_images = [payload_b64(im, await check_image(gw, im, f"images.{i}")) for i, im in enumerate(req.images)]
+    if carried_images != req.images:
+        req = req.model_copy(update={"images": carried_images})
     gts = req.ground_truth
     named = [(f"ground_truth.{i}", g) for i, g in enumerate(gts)] if isinstance(gts, list) else [("ground_truth", gts)]
     await check_images(gw, [(f"{name}.mask_png", gt.mask_png) for name, gt in named if gt is not None])
@@ -49,7 +65,9 @@ async def submit_compare(gw: Gateway, req: CompareRequest) -> str:
         index = await admit(gw, req.model, req.target, req.methods or [])
         check_cost(gw, req.model, req.methods or [])
     if req.image:
-        await check_image(gw, req.image)
+        carried_image = payload_b64(req.image, await check_image(gw, req.image))
+        if carried_image != req.image:
+            req = req.model_copy(update={"image": carried_image})
     maps = (("map_a", req.map_a), ("map_b", req.map_b))
     await check_images(gw, [(f"{k}.mask_png", m.mask_png) for k, m in maps if m is not None])
     model = req.model or gw.registry.models[0].name
