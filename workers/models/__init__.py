@@ -9,6 +9,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from workers.models.binary_cnn import binary_cnn
+from workers.models.lesion_cnn import lesion_cnn
 from workers.models.shapes_cnn import ShapesCNN
 
 # the committed weights of the models made here (demo models, generators)
@@ -17,6 +18,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WHITEBOX_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "shapes_cnn": ShapesCNN,
     "binary_cnn": binary_cnn,
+    "lesion_cnn": lesion_cnn,
 }
 
 

@@ -42,7 +42,7 @@ _GLYPHS = tuple(np.array([[c == "X" for c in row] for row in g], bool) for g in 
 MARKER_OFFSET = 3  # the letter's top-left corner is at (3..5, 3..5) (jittered by up to 2 px)
 
 # per-pixel normalisation of the registry entry (pixels / 255, then (x - mean) / std)
-MEAN, STD = 0.35, 0.25
+MEAN, STD = 0.5, 0.25
 
 
 @dataclass(frozen=True)
