@@ -3,6 +3,12 @@ binary classifier, and optionally the classifier itself.
 
     python -m workers.training.generators                       # generators for the committed shapes-star classifier
     python -m workers.training.generators --train-classifier    # classifier first (overwrites binary-<model>)
+    python -m workers.training.generators --model lesion-cnn    # generators for the grey-scale lesion classifier
+
+The classifier and its data are a ``Task`` (``TASKS``, by registry name): ``lesion-cnn`` is the
+1-channel clinical demo model (``workers/training/lesions.py`` data, weights from
+``python -m workers.training.clinical``; horizontal flips only); any other name is a shapes task
+(``--positive`` vs the rest, ``binary-<model>`` weights) exactly as before.
 
 1. (``--train-classifier``) A binary classifier on the procedural shapes (``--positive`` shape vs
    the rest, half of the images positive): ``binary_cnn``, Adam, cross-entropy. Writes
@@ -30,6 +36,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +145,7 @@ def train_generators(
     log,
     w_sim_start: float | None = None,
     share0: float = 0.5,
-    augment: bool = True,
+    augment: bool | str = True,
 ) -> GeneratorPair:
     """Both generators against the frozen classifier ``net`` (decision d = argmax on x):
 
@@ -148,7 +156,7 @@ def train_generators(
     batches hold a share ``share0`` of images decided 0 (more for the harder direction). The similarity
     weight ramps linearly from ``w_sim_start`` to ``w_sim`` over the first half of the steps (find
     flipping edits first, then shrink them). ``augment``: random horizontal flips and quarter turns of
-    each batch (the decision is recomputed on the augmented images)."""
+    each batch (``"hflip"``: flips only; the decision is recomputed on the augmented images)."""
     w_sim_start = w_sim if w_sim_start is None else w_sim_start
     torch.manual_seed(2)
     pair = GeneratorPair(channels=x.shape[1], width=width, bound=bound)
@@ -174,7 +182,8 @@ def train_generators(
         if augment:  # the shapes' classes do not change under flips and quarter turns (nor, mostly, the decision)
             flip_h = torch.rand(len(idx), generator=g) < 0.5
             xb = torch.where(flip_h.view(-1, 1, 1, 1), xb.flip(-1), xb)
-            xb = torch.rot90(xb, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
+            if augment != "hflip":
+                xb = torch.rot90(xb, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
             with torch.no_grad():
                 d = net(xb).argmax(1)
         gs, ga = pair(xb, lo, hi, d)
@@ -240,10 +249,110 @@ def evaluate(net: torch.nn.Module, pair: GeneratorPair, x: torch.Tensor) -> dict
     }
 
 
+@dataclass(frozen=True)
+class Task:
+    """A binary classifier the generators are trained for, and its data.
+
+    ``data(n, seed)`` -> (normalised images (N, C, H, W), labels (N,) 1 = positive, masks (N, H, W) of the
+    positive evidence); ``architecture()`` -> the untrained network of the weights ``classifier_path``;
+    ``augment``: the generator batches' augmentation (``train_generators``)."""
+
+    model: str
+    labels: tuple[str, str]
+    data: Callable[[int, int], tuple[torch.Tensor, torch.Tensor, np.ndarray]]
+    architecture: Callable[[], torch.nn.Module]
+    classifier_path: Path
+    train_seed: int
+    heldout_seed: int
+    augment: bool | str = True
+    what: str = ""  # the log's name of the task
+    trainable: bool = True  # --train-classifier (the shapes classifier); else trained elsewhere
+
+
+def shapes_task(model: str, positive: str, out: Path) -> Task:
+    pos = LABELS.index(positive)
+    return Task(
+        model=model,
+        labels=(f"not-{positive}", positive),
+        data=lambda n, seed: binary_data(n, seed, pos),
+        architecture=lambda: binary_cnn(2),
+        classifier_path=out / f"binary-{model}.safetensors",
+        train_seed=TRAIN_SEED,
+        heldout_seed=HELDOUT_SEED,
+        what=f"{positive} vs rest",
+    )
+
+
+LESION_TRAIN_SEED, LESION_HELDOUT_SEED = 121, 122  # tests use 123
+
+
+def lesion_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    from workers.training.lesions import generate as generate_lesions
+    from workers.training.lesions import to_tensor as lesion_tensor
+
+    b = generate_lesions(n, seed)
+    return lesion_tensor(b.images, MEAN, STD), torch.from_numpy(b.labels), b.lesion_masks
+
+
+def lesion_task(out: Path) -> Task:
+    from workers.models.lesion_cnn import lesion_cnn
+    from workers.training.lesions import LABELS as LESION_LABELS
+
+    return Task(
+        model="lesion-cnn",
+        labels=(LESION_LABELS[0], LESION_LABELS[1]),
+        data=lesion_data,
+        architecture=lambda: lesion_cnn(2),
+        classifier_path=out / "lesion-cnn.safetensors",
+        train_seed=LESION_TRAIN_SEED,
+        heldout_seed=LESION_HELDOUT_SEED,
+        augment="hflip",  # a chest is mirrored left-right, not turned
+        what="lesion vs no-lesion",
+        trainable=False,  # python -m workers.training.clinical
+    )
+
+
+TASKS: dict[str, Callable[[Path], Task]] = {"lesion-cnn": lesion_task}
+
+
+def mask_figures(net: torch.nn.Module, pair: GeneratorPair, x: torch.Tensor, masks: np.ndarray, tol: int = 2) -> dict:
+    """Where R = |g_s(x) - g_a(x)| (summed over channels) falls against the evidence masks, on the images
+    whose mask is not empty: its mass inside the mask, the pointing game (``tol`` px) and chance levels."""
+    from workers.evaluation import metrics as M
+
+    sel = np.nonzero(masks.reshape(len(masks), -1).any(1))[0]
+    lo = torch.full((1, x.shape[1], 1, 1), LO)
+    hi = torch.full((1, x.shape[1], 1, 1), HI)
+    xs = x[torch.from_numpy(sel)]
+    with torch.no_grad():
+        d = net(xs).argmax(1)
+        gs, ga = pair(xs, lo, hi, d)
+    r = (gs - ga).abs().sum(1).numpy()
+    mass = [M.relevance_mass_accuracy(r[i], masks[j]) for i, j in enumerate(sel)]
+    point = [M.pointing_game(r[i], masks[j], tol) for i, j in enumerate(sel)]
+    yy, xx = np.mgrid[-tol : tol + 1, -tol : tol + 1]
+    from scipy.ndimage import binary_dilation
+
+    dil = [binary_dilation(masks[j], structure=(yy * yy + xx * xx) <= tol * tol).mean() for j in sel]
+    return {
+        "images": len(sel),
+        "decided_positive": int((d == 1).sum()),
+        "mass_inside_mask": float(np.mean(mass)),
+        "pointing_game": float(np.mean(point)),
+        "pointing_tolerance_px": tol,
+        "chance_mass": float(masks[sel].mean()),
+        "chance_pointing": float(np.mean(dil)),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="shapes-star", help="registry name of the binary classifier")
-    ap.add_argument("--positive", default="star", choices=LABELS, help="the positive shape (class 1)")
+    ap.add_argument(
+        "--model",
+        default="shapes-star",
+        help=f"registry name of the binary classifier ({', '.join(TASKS)} or a shapes task)",
+    )
+    ap.add_argument("--positive", default="star", choices=LABELS, help="the positive shape (class 1) of a shapes task")
     ap.add_argument("--train", type=int, default=3000, help="classifier training images")
     ap.add_argument("--generator-train", type=int, default=4000, help="generator training images (the first ones)")
     ap.add_argument("--heldout", type=int, default=500, help="held-out images for the report")
@@ -276,18 +385,20 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
-    positive = LABELS.index(a.positive)
+    task = TASKS[a.model](a.out) if a.model in TASKS else shapes_task(a.model, a.positive, a.out)
+    if a.train_classifier and not task.trainable:
+        raise SystemExit(f"{a.model}'s classifier is trained by its own script (docs/clinical.md), not here")
     n_train = max(a.train, a.generator_train) if a.train_classifier else a.generator_train
-    x, y, _ = binary_data(n_train, TRAIN_SEED, positive)
-    xh, yh, _ = binary_data(a.heldout, HELDOUT_SEED, positive)
-    log(f"data: {len(x)} train, {len(xh)} held-out ({a.positive} vs rest)")
+    x, y, _ = task.data(n_train, task.train_seed)
+    xh, yh, mh = task.data(a.heldout, task.heldout_seed)
+    log(f"data: {len(x)} train, {len(xh)} held-out ({task.what})")
     a.out.mkdir(parents=True, exist_ok=True)
-    cls_path = a.out / f"binary-{a.model}.safetensors"
+    cls_path = task.classifier_path
     from safetensors.torch import load_file, save_file
 
     if not a.train_classifier:
-        cls_path = WEIGHTS_DIR / f"binary-{a.model}.safetensors" if not cls_path.exists() else cls_path
-        net = binary_cnn(2)
+        cls_path = WEIGHTS_DIR / cls_path.name if not cls_path.exists() else cls_path
+        net = task.architecture()
         net.load_state_dict(load_file(str(cls_path)))
         net.eval()
         for p in net.parameters():
@@ -295,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         net = train_classifier(x[: a.train], y[: a.train], a.classifier_epochs, a.batch, log)
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cls_path))
-        (a.out / f"binary-{a.model}.labels.txt").write_text(f"not-{a.positive}\n{a.positive}\n")
+        (a.out / f"binary-{a.model}.labels.txt").write_text(f"{task.labels[0]}\n{task.labels[1]}\n")
     with torch.no_grad():
         acc = float((net(xh).argmax(1) == yh).float().mean())
     log(f"classifier held-out accuracy {acc:.4f} ({cls_path.name})")
@@ -316,9 +427,11 @@ def main(argv: list[str] | None = None) -> None:
         log,
         a.w_sim_start,
         a.share_negative,
-        not a.no_augment,
+        False if a.no_augment else task.augment,
     )
     res = evaluate(net, pair, xh)
+    if a.model in TASKS:  # (the shapes report stays as it was)
+        res["difference_map_vs_mask"] = mask_figures(net, pair, xh, mh)
     out = a.out / f"generators-{a.model}.safetensors"
     save_generators(
         pair,
@@ -329,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             "width": a.width,
             "bound": a.bound,
             "model": a.model,
-            "positive": a.positive,
+            "positive": task.labels[1] if a.model in TASKS else a.positive,
             "command": "python -m workers.training.generators " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
     )
