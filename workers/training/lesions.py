@@ -149,7 +149,7 @@ def _lesion(rng: np.random.Generator, anatomy: _Anatomy, size: int) -> tuple[np.
     c, sn = math.cos(ang), math.sin(ang)
     u, v = (xx - px) * c + (yy - py) * sn, -(xx - px) * sn + (yy - py) * c
     d = np.sqrt((u / elong) ** 2 + (v * elong) ** 2) - radius
-    profile = _soft(d, 0.35 * radius + 0.3)
+    profile = _soft(d, 0.12 * radius + 0.35)
     return (contrast * profile).astype(np.float32), profile >= 0.5
 
 
