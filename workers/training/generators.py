@@ -450,7 +450,12 @@ def main(argv: list[str] | None = None) -> None:
         f"generators held-out: similar keeps {res['similar_keeps']:.4f}, adversarial flips "
         f"{res['adversarial_flips']:.4f} -> {out}"
     )
-    print(json.dumps({"classifier_heldout_accuracy": acc, **res, "seconds": round(time.time() - t0, 1)}, indent=2))
+    report = {"classifier_heldout_accuracy": acc, **res, "seconds": round(time.time() - t0, 1)}
+    if a.model in TASKS:  # the committed figures of docs/clinical.md (tests compare against them)
+        cmd = "python -m workers.training.generators " + " ".join(argv if argv is not None else sys.argv[1:])
+        figs = {"command": cmd, "heldout_seed": task.heldout_seed, **report}
+        (a.out / f"generators-{a.model}.json").write_text(json.dumps(figs, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
