@@ -116,9 +116,15 @@ class ExplainRequest(BaseModel):
         return None if v is None else check_colormap(v)
 
     @model_validator(mode="after")
-    def _window(self) -> ExplainRequest:
+    def _consistent(self) -> ExplainRequest:
         if (self.window_center is None) != (self.window_width is None):
             raise ValueError("give both window_center and window_width, or neither")
+        if self.contour and (self.threshold is None or "overlay_png" not in self.outputs):
+            raise ValueError(
+                "contour outlines the region a threshold keeps on overlay_png: give threshold and ask for overlay_png"
+            )
+        if self.colorbar and not {"heatmap_png", "overlay_png"} & set(self.outputs):
+            raise ValueError("colorbar is drawn beside heatmap_png or overlay_png: ask for one of them")
         return self
 
     def window(self) -> tuple[float, float] | None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from schemas import display
 from schemas.api import (
     ClassScore,
     ExplainRequest,
@@ -29,14 +30,14 @@ from schemas.api import (
     TargetOut,
     Timings,
 )
-from schemas.methods import default_reduce
+from schemas.methods import default_reduce, map_is_signed
 from schemas.problems import WorkerFailure
 from schemas.settings import Settings
 from workers.errors import ExplainError
 from workers.explain import attribute
 from workers.explain.base import DEFAULT_MAX_IMAGE_PIXELS, NO_PROGRESS, Progress
 from workers.explain.fused import FusedCall, FusedPass, call_key, plan_call
-from workers.explain.postprocess import display_map, normalize, reduce_channels, resize
+from workers.explain.postprocess import display_map, kept, normalize, reduce_channels, resize
 from workers.models.loading import LoadedModel
 from workers.serving import render
 from workers.serving.outcome import REDIS_DOWN
@@ -372,39 +373,51 @@ def _assemble(b: _Batch, i: int) -> None:
 def _render(
     it: Item, call: MethodCall, raw: torch.Tensor, params: dict[str, Any], meta: dict, compute_ms: float
 ) -> Explanation:
-    """One map: reduced over channels, resized to the client's image, normalised, rendered."""
+    """One map: reduced over channels, resized to the client's image, normalised (signed maps
+    ``abs_max``, unsigned ``minmax``, unless the request names one), rendered."""
     req = it.request
     how = req.reduce or default_reduce(call.name, params)
     w, h = it.image.size
     m = resize(reduce_channels(raw.detach().float(), how), (h, w))[0]
-    raw_range = [float(m.min()), float(m.max())]
-    how_norm = req.normalize or "minmax"
-    mn = normalize(m, how_norm)
+    signed = map_is_signed(call.name, params, req.reduce)
+    how_norm = req.normalize or (display.SIGNED_NORMALIZE if signed else display.UNSIGNED_NORMALIZE)
+    cmap = req.colormap or (display.SIGNED_COLORMAP if signed else display.UNSIGNED_COLORMAP)
     return Explanation(
         method=call.name,
         params=params,
-        raw_range=raw_range,
-        signed=False,
+        raw_range=[float(m.min()), float(m.max())],
+        signed=signed,
         normalize=how_norm,
-        colormap=req.colormap or "jet",
+        colormap=cmap,
         compute_ms=round(compute_ms, 3),
         metadata=meta,
-        **_outputs(mn, req, it.image),
+        **_outputs(m, how_norm, signed, cmap, req, it.image),
     )
 
 
-def _outputs(mn: torch.Tensor, req: ExplainRequest, image: Image.Image) -> dict[str, Any]:
-    """The client formats the request asked for, of the normalised map ``mn`` (1, H, W)."""
-    disp = display_map(mn, req.normalize or "minmax").cpu().numpy() if any(o != "array" for o in req.outputs) else None
+def _outputs(
+    m: torch.Tensor, how_norm: str, signed: bool, cmap: str, req: ExplainRequest, image: Image.Image
+) -> dict[str, Any]:
+    """The client formats the request asked for, of the map ``m`` (C, H, W) as reduced and resized."""
     out: dict[str, Any] = {}
+    if "array" in req.outputs:
+        a = normalize(m, how_norm).cpu().numpy()
+        out["array"] = render.array_out(a[0] if a.shape[0] == 1 else a)
+    if not any(o != "array" for o in req.outputs):
+        return out
+    d_t, lo, hi = display_map(m, how_norm, signed)
+    d = d_t.cpu().numpy()
+    keep = kept(m, req.threshold).cpu().numpy() if req.threshold is not None else None
+    zero = min(max(-lo / (hi - lo), 0.0), 1.0) if hi > lo else (0.5 if signed else 0.0)  # where 0 is drawn
     for o in req.outputs:
-        if o == "heatmap_png":
-            out[o] = render.heatmap_png(disp, req.colormap or "jet")
-        elif o == "mask_png":
-            out[o] = render.mask_png(disp)
-        elif o == "overlay_png":
-            out[o] = render.overlay_png(disp, image, req.colormap or "jet")
-        elif o == "array":
-            a = mn.cpu().numpy()
-            out[o] = render.array_out(a[0] if a.shape[0] == 1 else a)
+        if o == "mask_png":
+            out[o] = render.png_b64(render.mask(d, keep))
+        elif o in ("heatmap_png", "overlay_png"):
+            if o == "heatmap_png":
+                rgb = render.heatmap(d, cmap, keep, zero)
+            else:
+                rgb = render.overlay(d, image, cmap, req.opacity, keep, req.contour)
+            if req.colorbar:
+                rgb = render.with_colorbar(rgb, cmap, lo, hi)
+            out[o] = render.png_b64(rgb)
     return out
