@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cli.embedded_redis import EmbeddedRedis
-from common.images import decode_image
+from common.images import decode
 from schemas.api import ExplainRequest, is_index
 from schemas.problems import Problem
 from schemas.registry import load_registry
@@ -158,7 +158,8 @@ def cmd_explain(args) -> int:
     req = _explain_request(args, data)
     model = load_model(entry, reg)
     try:
-        item = Item(req, decode_image(data, s.max_image_pixels), target_index=resolve_target(model, req.target))
+        decoded = decode(data, s.max_image_pixels, req.window(), req.frame)
+        item = Item(req, decoded.image, target_index=resolve_target(model, req.target), image_info=decoded.info)
     except Problem as e:
         return _problem(e)
     run_batch(model, [item], limits=Limits.of(s))

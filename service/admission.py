@@ -104,8 +104,8 @@ async def check_image(
 
 
 async def check_images(gw: Gateway, fields: list[tuple[str, str | None]]) -> None:
-    """Masks and maps given as images (``(field, base64)``; None skipped): PNG or JPEG read as 8-bit
-    (``decode_image``), the pixel limit from the header before decoding."""
+    """Masks and maps given as images (``(field, base64)``; None skipped): decoded as the worker will
+    (``decode_image``: any accepted format and mode), the pixel limit from the header before decoding."""
     for field, b64 in fields:
         if b64 is None:
             continue

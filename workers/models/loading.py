@@ -57,18 +57,22 @@ class InputSpace:
         return self.pixel_to_input(0), self.pixel_to_input(1)
 
     def to_model_image(self, img: Image.Image) -> Image.Image:
-        img = img.convert("L" if self.channels == 1 else "RGB")
+        """The image at the model's size: 8-bit ``L`` or ``RGB`` as the model has channels, or a mode
+        ``F`` grey image (levels in [0, 255] after its window) kept in float, never rounded to 8 bits."""
+        if img.mode != "F":
+            img = img.convert("L" if self.channels == 1 else "RGB")
         h, w = self.input_size
         if img.size != (w, h):
             img = img.resize((w, h), Image.BILINEAR)
         return img
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> normalised (N, C, H, W) float32 tensor on the model's device."""
+        """PIL images -> normalised (N, C, H, W) float32 tensor on the model's device (grey read into
+        every channel of a colour model, as ``convert("RGB")`` does)."""
         arrs = []
         for img in images:
             a = np.asarray(self.to_model_image(img), dtype=np.float32) / 255.0
-            arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            arrs.append(np.repeat(a[None], self.channels, axis=0) if a.ndim == 2 else a.transpose(2, 0, 1))
         x = torch.from_numpy(np.stack(arrs)).to(self.device)
         m, s = self.mean_std()
         return (x - m) / s

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from common.images import decode_image
+from common.images import decode_image, grey_levels
 from schemas.api import CompareResponse, EvaluateResponse, EvaluateTimings, MapIn
 from schemas.problems import ValidationProblem
 from schemas.queue import CompareJob, EvaluateJob
@@ -62,7 +62,7 @@ def _map(m: MapIn, max_pixels: int) -> np.ndarray:
         return np.frombuffer(data, dtype="<f4").reshape(shape).astype(np.float64)
     assert m.mask_png is not None  # MapIn holds exactly one of the two
     img = decode_image(m.mask_png, max_pixels)
-    return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+    return grey_levels(img) / 255.0
 
 
 def run_compare(model: LoadedModel, job: CompareJob, limits: Limits, progress: Progress) -> CompareResponse:
