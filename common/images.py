@@ -1,6 +1,6 @@
 """Which images the service accepts, and their safe decoding (gateway and worker).
 
-PNG, JPEG, TIFF, GIF and DICOM (common/dicom.py); every pixel mode decodes to the right numbers
+PNG, JPEG, TIFF, GIF, BMP, WEBP and DICOM (common/dicom.py); every pixel mode decodes to the right numbers
 (8-bit L / RGB, or mode F levels after a window for high-bit-depth grey) or is refused naming it
 (docs/images.md). The pixel count is checked from the header before any decoding (decompression
 bombs), and the whole file is decoded so that a truncated image is rejected at the door."""
@@ -20,7 +20,7 @@ from common.window import Window
 from schemas.api import AppliedWindow, ImageInfo
 from schemas.problems import ImageProblem
 
-FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "GIF")  # MPO: a camera's JPEG with its preview images
+FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "GIF", "BMP", "WEBP")  # MPO: a camera's JPEG with its preview images
 HIGH_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION = 0x0112
 
@@ -34,7 +34,8 @@ def b64_to_bytes(data: str) -> bytes:
 
 
 def open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """The image opened from its header only: PNG, JPEG, TIFF or GIF, at most ``max_pixels`` (nothing decoded yet)."""
+    """The image opened from its header only: one of :data:`FORMATS`, at most ``max_pixels`` (nothing
+    decoded yet)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the exact check follows
@@ -46,9 +47,11 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
             field="image",
         ) from e
     except Exception as e:  # PIL raises many types (with internal text) for what it cannot identify
-        raise ImageProblem("image is not a PNG, JPEG, TIFF, GIF or DICOM file", field="image") from e
+        raise ImageProblem("image is not a PNG, JPEG, TIFF, GIF, BMP, WEBP or DICOM file", field="image") from e
     if img.format not in FORMATS:
-        raise ImageProblem(f"unsupported image format {img.format}; send PNG, JPEG, TIFF, GIF or DICOM", field="image")
+        raise ImageProblem(
+            f"unsupported image format {img.format}; send PNG, JPEG, TIFF, GIF, BMP, WEBP or DICOM", field="image"
+        )
     w, h = img.size
     if w * h > max_pixels:
         raise ImageProblem(f"image of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}", field="image")

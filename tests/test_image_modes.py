@@ -157,8 +157,15 @@ def test_unknown_mode_is_refused_naming_it():
     lab = Image.fromarray(RGB, "RGB").convert("LAB")
     with pytest.raises(ImageProblem, match="unsupported image mode LAB"):
         decode(file(lab, "TIFF"), LIMIT)
-    with pytest.raises(ImageProblem, match="unsupported image format BMP"):
-        decode(file(Image.fromarray(RGB), "BMP"), LIMIT)
+    with pytest.raises(ImageProblem, match="unsupported image format ICO"):
+        decode(file(Image.fromarray(RGB), "ICO"), LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "WEBP"])
+def test_bmp_and_lossless_webp_give_the_pixels_back(fmt):
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    d = decode(file(Image.fromarray(RGB, "RGB"), fmt, **kw), LIMIT)
+    assert d.info.format == fmt and np.array_equal(np.asarray(d.image.convert("RGB")), RGB)
 
 
 # ---- orientation and frames -------------------------------------------------------------------
@@ -188,10 +195,11 @@ def test_exif_orientation_is_applied(orientation):
 def frames_file(fmt: str) -> tuple[bytes, list[np.ndarray]]:
     shots = [np.full((16, 16, 3), (40 * i, 200 - 40 * i, 90), np.uint8) for i in range(4)]
     ims = [Image.fromarray(s) for s in shots]
-    return file(ims[0], fmt, save_all=True, append_images=ims[1:], duration=50, loop=0), shots
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    return file(ims[0], fmt, save_all=True, append_images=ims[1:], duration=50, loop=0, **kw), shots
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF"])
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF", "WEBP"])
 def test_animated_and_multi_page_need_a_frame(fmt):
     data, shots = frames_file(fmt)
     with pytest.raises(ImageProblem, match="has 4 frames") as e:
