@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,3 +49,24 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| as a fraction of b's range (the issues' agreement measure)."""
     rng = float(b.max() - b.min())
     return float((a - b).abs().max()) / (rng if rng > 0 else 1.0)
+
+
+def bundled_registry(tmp: Path, names: list[str]) -> Path:
+    """A registry file in ``tmp`` serving the bundled registry's entries ``names``, with their committed
+    weights (absolute paths, so the file can live anywhere)."""
+    import yaml
+
+    from workers.models import WEIGHTS_DIR
+
+    models = []
+    for name in names:
+        e = load_registry().get(name)
+        assert e is not None, f"{name} is not in the bundled registry"
+        d = e.model_dump(mode="json", exclude_none=True)
+        d["weights"] = str(WEIGHTS_DIR / f"{name}.safetensors")
+        if "labels_file" in d:
+            d["labels_file"] = str(WEIGHTS_DIR / f"{name}.labels.txt")
+        models.append(d)
+    path = tmp / "registry.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path

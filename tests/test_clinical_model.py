@@ -22,7 +22,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from schemas.registry import load_registry
@@ -202,16 +201,10 @@ def lesion_client(tmp_path_factory):
     import httpx
 
     from tests.conftest import Stack
+    from tests.helpers import bundled_registry
 
     tmp = tmp_path_factory.mktemp("lesion-stack")
-    models = []
-    for name in ("lesion-cnn", "lesion-cnn-marker"):
-        e = load_registry().get(name).model_dump(mode="json", exclude_none=True)
-        e["weights"] = str(WEIGHTS_DIR / f"{name}.safetensors")
-        e["labels_file"] = str(WEIGHTS_DIR / f"{name}.labels.txt")
-        models.append(e)
-    (tmp / "registry.yaml").write_text(yaml.safe_dump({"models": models}))
-    s = Stack(tmp, tmp / "registry.yaml")
+    s = Stack(tmp, bundled_registry(tmp, ["lesion-cnn", "lesion-cnn-marker"]))
     try:
         with httpx.Client(base_url=s.url, timeout=180) as c:
             yield c

@@ -267,7 +267,7 @@ def evaluate(
 
 def compare(map_a, map_b, metrics: Iterable[Call] | None = None) -> dict[str, float | None]:
     """The map-vs-map metrics of two maps (H, W) (torch or numpy; a leading 1-sized axis is dropped);
-    ``map_b`` is the reference. Both are min-max normalised first."""
+    ``map_b`` is the reference. Both are read by ``metrics.saliency_form`` (signed maps by magnitude)."""
     a = to_numpy(map_a) if isinstance(map_a, torch.Tensor) else np.asarray(map_a, dtype=np.float64)
     b = to_numpy(map_b) if isinstance(map_b, torch.Tensor) else np.asarray(map_b, dtype=np.float64)
     a, b = np.squeeze(a), np.squeeze(b)

@@ -257,11 +257,20 @@ def spearman(a, b) -> float:
 
 
 # ---- map vs map on demand -----------------------------------------------------------------------
+def saliency_form(a) -> np.ndarray:
+    """A map as the map-vs-map metrics read it, in [0, 1]: a signed map (one with negative values:
+    IG, LRP, DeepLIFT, ... as served with ``abs_max`` or ``none``) by its magnitude |a|, so that zero
+    relevance stays the least salient (min-max of the signed values would put it mid-range); then
+    min-max, as the MIT saliency benchmark normalises."""
+    a = _f(a)
+    return minmax(np.abs(a) if a.min() < 0 else a)
+
+
 def compare_maps(a, b, name: str, params: dict | None = None) -> float:
     """One map-vs-map metric by its catalog name; ``b`` is the reference (fixations come from it).
-    The maps are min-max normalised to [0, 1] first (the service's default normalisation)."""
+    Both maps are read by :func:`saliency_form` first (signed maps by their magnitude)."""
     p = dict(params or {})
-    a, b = minmax(a), minmax(b)
+    a, b = saliency_form(a), saliency_form(b)
     if name == "cc":
         return cc(a, b)
     if name == "sim":

@@ -32,6 +32,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
+from schemas import display
+from schemas.methods import map_is_signed
 from schemas.metrics import METRICS
 from schemas.registry import Registry, load_registry
 from workers.errors import ExplainError
@@ -41,6 +43,7 @@ from workers.evaluation.evaluate import _clean, evaluate_method, ground_truth_ma
 from workers.evaluation.sanity import cascading_randomisation
 from workers.explain import applicability
 from workers.explain.base import Progress
+from workers.explain.postprocess import display_map
 from workers.models.loading import LoadedModel, load_model
 from workers.training import clever_hans, shapes
 
@@ -218,10 +221,16 @@ def write_report(out: Path, header: dict, table: dict[str, dict[str, list[float]
 
 # ---- figures -------------------------------------------------------------------------------------------
 def figure_maps(
-    path: Path, images: list[Image.Image], maps: dict[str, np.ndarray], rows: int = 3, per_row: int = 8
+    path: Path,
+    images: list[Image.Image],
+    maps: dict[str, np.ndarray],
+    rows: int = 3,
+    per_row: int = 8,
+    signed_maps: dict[str, bool] | None = None,
 ) -> None:
-    """The survey's Fig. 9 layout: per image the image, then each method's [0,1] map in jet over it
-    with a colour bar; wrapped after ``per_row`` panels."""
+    """The survey's Fig. 9 layout: per image the image, then each method's map over it with a colour
+    bar, drawn as the service draws it (``display_map``: unsigned maps min-max in jet, signed ones
+    centred on zero in a diverging map); wrapped after ``per_row`` panels."""
     rows = min(rows, len(images))
     methods = list(maps)
     panels = 1 + len(methods)
@@ -240,10 +249,15 @@ def figure_maps(
                 ax.set_title("image", fontsize=7)
                 continue
             meth = methods[k - 1]
-            m = M.minmax(maps[meth][r])
+            signed = bool(signed_maps and signed_maps.get(meth))
+            a = np.asarray(maps[meth][r], dtype=np.float32)
+            raw = torch.as_tensor(a.reshape(-1, *a.shape[-2:]))
+            d, _, _ = display_map(raw, display.SIGNED_NORMALIZE if signed else display.UNSIGNED_NORMALIZE, signed)
+            m = d.numpy()
             if m.shape != img.shape[:2]:
                 m = np.asarray(Image.fromarray(m.astype(np.float32)).resize(img.shape[1::-1], Image.BILINEAR))
-            im = ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            cmap = display.SIGNED_COLORMAP if signed else display.UNSIGNED_COLORMAP
+            im = ax.imshow(m, cmap=cmap, alpha=0.5, vmin=0, vmax=1)  # signed: zero at the centre colour
             ax.set_title(meth, fontsize=7)
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
             cb.ax.tick_params(labelsize=5)
@@ -416,6 +430,7 @@ class _Bench:
         self.table: dict[str, dict[str, list[float]]] = {}
         self.per_image: dict[str, dict] = {}
         self.maps_fig: dict[str, np.ndarray] = {}
+        self.signed: dict[str, bool] = {}
         self.curves: dict[str, dict] = {}
         self.extra_cols: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
@@ -442,6 +457,7 @@ def _run_method(bench: _Bench, ctx: dict, label: str, name: str, params: dict) -
     bench.table[label] = flat
     bench.per_image[label] = {k: [_clean(float(v)) for v in vs] for k, vs in flat.items()}
     bench.maps_fig[label] = mnp[: args.figure_rows]
+    bench.signed[label] = map_is_signed(name, params)
 
 
 def _write(args: argparse.Namespace, ctx: dict, bench: _Bench, data: dict, notes: dict) -> str:
@@ -468,7 +484,7 @@ def _write(args: argparse.Namespace, ctx: dict, bench: _Bench, data: dict, notes
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if not args.no_figures and bench.table:
-        figure_maps(out / "maps.png", data["images"], bench.maps_fig, args.figure_rows)
+        figure_maps(out / "maps.png", data["images"], bench.maps_fig, args.figure_rows, signed_maps=bench.signed)
         figure_metrics(out / "metrics.png", bench.table)
         if bench.curves:
             figure_sanity(out / "sanity.png", bench.curves)
