@@ -67,6 +67,7 @@ def write_dicom(
     birth_date: str | None = None,
     institution: str | None = None,
     private_value: str | None = None,
+    referring_physician: str | None = None,
     jpeg_quality: int = 95,
 ) -> bytes:
     """A DICOM Part 10 file of ``pixels`` -> its bytes (also written to ``path`` when given).
@@ -77,8 +78,8 @@ def write_dicom(
     ``modality_lut`` / ``voi_lut``: (LUTDescriptor, LUTData) of a one-item Modality / VOI LUT Sequence
     (the modality LUT replaces the rescale tags); ``palette``: (descriptor, (3, n) 16-bit entries) of a
     PALETTE COLOR file. ``number_of_frames``: force the tag for a single frame (None: when F > 1).
-    Patient data: PatientName, PatientID, PatientBirthDate, InstitutionName and a private element
-    (``private_value``), each written when not None."""
+    Patient data: PatientName, PatientID, PatientBirthDate, InstitutionName, ReferringPhysicianName and a
+    private element (``private_value``), each written when not None."""
     a = np.asarray(pixels)
     colour = photometric in ("RGB", "YBR_FULL")
     multi = a.ndim == (4 if colour else 3)
@@ -91,6 +92,8 @@ def write_dicom(
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.StudyDate, ds.StudyDescription = "CT", "20260101", "whitebox test study"
     _patient(ds, patient_name, patient_id, birth_date, institution, private_value)
+    if referring_physician is not None:
+        ds.ReferringPhysicianName = referring_physician
     ds.SamplesPerPixel = 3 if colour else 1
     ds.PhotometricInterpretation = photometric
     if colour:
