@@ -14,7 +14,9 @@ from PIL import Image
 
 from common.images import decode
 from schemas.problems import ImageProblem
+from schemas.registry import load_registry
 from tests.helpers import png_b64
+from workers.models.loading import load_model
 from workers.serving import render
 from workers.training.shapes import generate
 
@@ -219,6 +221,30 @@ def test_frame_on_a_single_image():
     assert decode(data, LIMIT, frame=0).info.frames == 1
     with pytest.raises(ImageProblem, match="frame 1 is out of range"):
         decode(data, LIMIT, frame=1)
+
+
+# ---- the model input ---------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["shapes-cnn", "lesion-cnn"])
+def test_the_16_bit_twin_gives_the_8_bit_tensor(model):
+    """Mode F is never rounded: the 16-bit twin (k * 257) of an 8-bit file gives the 8-bit tensor at the
+    model's size, for 3 and 1 channels. Resized from another size, the 8-bit path resizes in uint8
+    (PIL rounds) and mode F in float: within one grey level, not yet 1e-5 (see docs/images.md)."""
+    reg = load_registry()
+    m = load_model(reg.get(model), reg)
+    for shape in ((24, 40), tuple(m.input_size)):
+        g = RNG.integers(0, 256, shape, dtype=np.uint8)
+        eight = decode(file(Image.fromarray(g), "PNG"), LIMIT).image
+        sixteen = decode(file(Image.fromarray(g.astype(np.uint16) * 257), "PNG"), LIMIT).image
+        assert sixteen.mode == "F"
+        a, b = m.preprocess([eight]), m.preprocess([sixteen])
+        assert a.shape == b.shape and a.shape[1] == m.channels
+        std = m.mean_std()[1].flatten()[0].item()
+        tol = 1e-5 if shape == tuple(m.input_size) else 1.0 / 255 / std + 1e-5
+        assert (a - b).abs().max().item() <= tol, (model, shape)
+    f = Image.fromarray(np.full((8, 8), 100.4, np.float32), mode="F")  # not rounded to 100
+    x = m.preprocess([f])
+    mean, std = (t.flatten()[0].item() for t in m.mean_std())
+    assert x.flatten()[0].item() * std + mean == pytest.approx(100.4 / 255, abs=1e-6)
 
 
 # ---- through the real service ------------------------------------------------------------------
