@@ -101,7 +101,12 @@ def test_markers_where_promised():
         if mk in ("none", "removed"):
             assert not b.marker_masks.any() and np.array_equal(b.images, base.images)
             continue
-        letters = b.labels if mk == "label" else 1 - b.labels
+        if mk == "random":  # the letter read off its size; where it matches the label, the "label" image
+            letters = (b.marker_masks.sum((1, 2)) == 18).astype(np.int64)
+            same = letters == b.labels
+            assert np.array_equal(b.images[same], generate(n, 9, marker="label").images[same])
+        else:
+            letters = b.labels if mk == "label" else 1 - b.labels
         for i in range(n):
             m = b.marker_masks[i]
             ys, xs = np.nonzero(m)
@@ -111,6 +116,26 @@ def test_markers_where_promised():
             assert np.array_equal(b.images[i][~m], base.images[i][~m])  # nothing else changes
     with pytest.raises(ValueError):
         generate(2, 1, marker="shiny")
+
+
+def test_random_letter_is_independent_of_the_label():
+    """marker="random": a letter on every image, L or R drawn independently of the label (both letters
+    with both labels), deterministic; the training mix of lesion-cnn puts it on the promised share."""
+    b = generate(400, 12, marker="random")
+    assert np.array_equal(b.images, generate(400, 12, marker="random").images)
+    sizes = b.marker_masks.sum((1, 2))
+    assert set(np.unique(sizes)) == {11, 18}  # every image carries an L or an R
+    r = (sizes == 18).astype(int)
+    for lab in (0, 1):
+        for letter in (0, 1):
+            assert ((b.labels == lab) & (r == letter)).sum() >= 70, (lab, letter)  # ~100 each if independent
+    assert abs(np.corrcoef(r, b.labels)[0, 1]) < 0.15
+    t = clinical.training_batch("random", 400, 12)
+    has = t.marker_masks.any((1, 2))
+    assert has.sum() == round(clinical.LETTER_SHARE * 400)
+    plain = generate(400, 12)
+    assert np.array_equal(t.images[has], b.images[has]) and np.array_equal(t.images[~has], plain.images[~has])
+    assert abs(t.labels[has].mean() - 0.5) < 0.1  # which images carry one does not follow the label
 
 
 def test_mean_intensity_does_not_solve_the_task():

@@ -1,7 +1,11 @@
 """Train the grey-scale clinical demo models: ``python -m workers.training.clinical``.
 
 - ``lesion-cnn``: ``whitebox.lesion_cnn`` (BinaryCNN, one input channel) trained on the procedural
-  radiograph-like lesion data (``workers/training/lesions.py``, no marker): lesion vs no lesion.
+  radiograph-like lesion data (``workers/training/lesions.py``): lesion vs no lesion. Half of its
+  training images (``LETTER_SHARE``, chosen from the seed, independently of the label) carry a
+  laterality letter drawn at random (``marker="random"``), the rest none: it sees the letter as every
+  real radiograph shows one, with no label information in it, and learns to ignore it (it is right with
+  no letter, a random one, the label's and the swapped one): the control next to the twin.
 - ``lesion-cnn-marker`` (``--twin``): its Clever-Hans twin, the same network and loop trained on the
   same kind of data with a burned-in laterality letter whose identity follows the label
   (``marker="label"``); on held-out images with the marker in place, removed and swapped, a model that
@@ -15,8 +19,8 @@ task is mirror-symmetric), off for the twin (a mirrored letter in the other corn
 Writes ``workers/models/weights/<name>.safetensors``, ``<name>.labels.txt`` and ``<name>.json`` (the
 measured figures: held-out accuracy, a mean-intensity baseline, and for ``lesion-cnn`` the pointing
 game and relevance mass inside the lesion of several methods through ``workers.evaluation.evaluate``;
-for the twin the accuracy per marker condition and which methods point at the marker, next to
-``lesion-cnn`` on the same images). ``--measure-only`` recomputes the figures of the
+for both the accuracy per marker condition, and for the twin which methods point at the marker, next to
+``lesion-cnn`` on the same images: ``marker_exposure``). ``--measure-only`` recomputes the figures of the
 committed weights (and rewrites the JSON, keeping the training run's command and time). The registry
 entries are ``workers/models/registry/default.yaml``.
 
@@ -36,13 +40,14 @@ import torch
 
 from workers.models import WEIGHTS_DIR
 from workers.models.lesion_cnn import lesion_cnn
-from workers.training.lesions import LABELS, generate, to_tensor
+from workers.training.lesions import LABELS, MARKERS, LesionBatch, generate, to_tensor
 
 NAME, TWIN = "lesion-cnn", "lesion-cnn-marker"
 TRAIN_SEED, TWIN_TRAIN_SEED = 21, 31  # data seeds of the two training sets
 HELDOUT_SEED = 22  # the figures of the JSON files (tests use TEST_SEED)
 TEST_SEED = 23
 TRAIN_SIZE, EPOCHS = 8000, 6
+LETTER_SHARE = 0.5  # share of lesion-cnn's training images with a random laterality letter (the rest: none)
 # the methods whose localisation is reported (cheap settings where a method has a cost knob)
 LOCALISATION_METHODS: list[dict] = [
     {"name": "gradcam"},
@@ -51,7 +56,9 @@ LOCALISATION_METHODS: list[dict] = [
     {"name": "integrated_gradients", "params": {"steps": 32}},
     {"name": "lrp"},
     {"name": "occlusion", "params": {"window": 8, "stride": 4}},
+    {"name": "deeplift"},
     {"name": "adversarial_generators"},
+    {"name": "guided_backprop"},
 ]
 POINTING_TOLERANCE = 2  # px, as docs/demo-model.md (Zhang et al.'s 15 px at 224 px is ~4 px at 64 px)
 
@@ -61,8 +68,26 @@ def images_nhwc(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[..., None])
 
 
+def training_batch(marker: str, n: int, seed: int, letter_share: float = LETTER_SHARE) -> LesionBatch:
+    """The training images: ``marker="random"``: a share ``letter_share`` of them (which ones drawn from
+    ``seed`` alone, independently of the labels) with a random letter, the others without (the same
+    images otherwise: the letter is painted last); any other marker: ``generate(n, seed, marker)``."""
+    if marker != "random":
+        return generate(n, seed, marker=marker)
+    plain, lettered = generate(n, seed), generate(n, seed, marker="random")
+    chosen = np.zeros(n, bool)
+    chosen[np.random.default_rng([seed, 0x1E77]).permutation(n)[: round(letter_share * n)]] = True
+    pick = chosen[:, None, None]
+    return LesionBatch(
+        images=np.where(pick, lettered.images, plain.images),
+        labels=plain.labels,
+        lesion_masks=plain.lesion_masks,
+        marker_masks=lettered.marker_masks & pick,
+    )
+
+
 def train(
-    marker: str = "none",
+    marker: str = "random",
     n: int = TRAIN_SIZE,
     epochs: int = EPOCHS,
     data_seed: int = TRAIN_SEED,
@@ -70,14 +95,16 @@ def train(
     threads: int = 1,
     log=print,
 ) -> torch.nn.Module:
-    """A trained ``lesion_cnn`` (deterministic for fixed arguments)."""
+    """A trained ``lesion_cnn`` (deterministic for fixed arguments) on ``training_batch(marker, n, data_seed)``:
+    ``"random"`` is ``lesion-cnn``'s data, ``"label"`` the twin's. Flips unless the letter follows the
+    label (a mirrored letter in the other corner is not the twin's marker; a random one carries nothing)."""
     from workers.training.demo_model import fit, set_determinism
 
     set_determinism(seed, threads)
-    b = generate(n, data_seed, marker=marker)
+    b = training_batch(marker, n, data_seed)
     model = lesion_cnn(len(LABELS))
     return fit(
-        model, images_nhwc(b.images), b.labels, epochs=epochs, seed=seed, init=False, flips=marker == "none", log=log
+        model, images_nhwc(b.images), b.labels, epochs=epochs, seed=seed, init=False, flips=marker != "label", log=log
     )
 
 
@@ -156,14 +183,19 @@ def localisation(model, n: int = 200, seed: int = HELDOUT_SEED, methods: list[di
     return out
 
 
-def twin_figures(model, n: int = 1000, seed: int = HELDOUT_SEED) -> dict:
-    """Accuracy of ``model`` (a LoadedModel) per marker condition; for ``swapped`` also the share of the
-    predictions that follow the marker (= 1 - label)."""
-    out: dict = {"images": n, "seed": seed, "accuracy": {}}
-    for cond in ("label", "removed", "swapped"):
+def marker_figures(
+    module: torch.nn.Module, n: int = 1000, seed: int = HELDOUT_SEED, train_seed: int = TRAIN_SEED
+) -> dict:
+    """Accuracy of ``module`` on ``generate(n, seed, marker)`` for every marker condition (``MARKERS``), the
+    mean-intensity baseline of each (fitted on ``generate(2000, train_seed, marker)``), and for ``swapped``
+    the share of the predictions that follow the letter (= 1 - label)."""
+    out: dict = {"images": n, "seed": seed, "accuracy": {}, "mean_intensity_baseline_accuracy": {}}
+    for cond in MARKERS:
         b = generate(n, seed, marker=cond)
-        p = predict(model.module, b.images)
+        p = predict(module, b.images)
         out["accuracy"][cond] = float((p == b.labels).mean())
+        t = generate(2000, train_seed, marker=cond)
+        out["mean_intensity_baseline_accuracy"][cond] = mean_intensity_baseline(t.images, t.labels, b.images, b.labels)
         if cond == "swapped":
             out["follows_swapped_marker"] = float((p == 1 - b.labels).mean())
     return out
@@ -177,7 +209,8 @@ def marker_exposure(model, n: int = 200, seed: int = HELDOUT_SEED, methods: list
     model's decision), per method the share of maps whose maximum lies within ``MARKER_TOLERANCE`` px of
     the letter (pointing game on the marker) and the share of their positive relevance within 2 px of it;
     chance = the mean share of the image those regions cover. Run on the twin and on ``lesion-cnn``
-    (the control: the same images, a model that never saw the marker)."""
+    (the control: the same images, a model trained with letters that carry no label information);
+    ``exposure_contrast`` compares the two."""
     from scipy.ndimage import binary_dilation
 
     import workers.evaluation.metrics as M
@@ -193,7 +226,7 @@ def marker_exposure(model, n: int = 200, seed: int = HELDOUT_SEED, methods: list
     with torch.no_grad():
         targets = model.module(x).argmax(1)
     out: dict = {"images": n, "seed": seed, "target": "predicted", "methods": {}}
-    for m in methods or [c for c in LOCALISATION_METHODS if c["name"] != "adversarial_generators"]:
+    for m in methods or LOCALISATION_METHODS:
         metric = [("pointing_game", {"tolerance": t})]
         try:
             vals, maps = evaluate_method(
@@ -210,6 +243,36 @@ def marker_exposure(model, n: int = 200, seed: int = HELDOUT_SEED, methods: list
             ),
         }
     out["chance"] = {"pointing_game_marker": float(zone.mean()), "relevance_mass_near_marker": float(near.mean())}
+    return out
+
+
+# a method exposes the twin's shortcut when, on the same images, the twin's maps peak on the letter in at
+# least EXPOSE_POINTING_MARGIN more of the images than the control's, and put at least EXPOSE_MASS_RATIO
+# times the control's share of their positive relevance near it
+EXPOSE_POINTING_MARGIN, EXPOSE_MASS_RATIO = 0.5, 2.0
+
+
+def exposure_contrast(twin: dict, control: dict) -> dict:
+    """Per method of two ``marker_exposure`` results (twin, control; the same images): the twin's minus
+    the control's pointing game on the marker, the ratio of their relevance mass near it, and whether
+    that exposes the shortcut (the rule above); methods that ran on one model only are reported as such."""
+    out: dict = {"pointing_margin": EXPOSE_POINTING_MARGIN, "mass_ratio": EXPOSE_MASS_RATIO, "methods": {}}
+    for name in twin["methods"]:
+        t, c = twin["methods"][name], control["methods"].get(name, {"error": "not run"})
+        if "error" in t or "error" in c:
+            out["methods"][name] = {
+                "exposes": None,
+                "ran_on": [k for k, v in (("twin", t), ("control", c)) if "error" not in v],
+            }
+            continue
+        diff = t["pointing_game_marker"] - c["pointing_game_marker"]
+        ratio = t["relevance_mass_near_marker"] / max(c["relevance_mass_near_marker"], 1e-12)
+        out["methods"][name] = {
+            "pointing_game_difference": diff,
+            "mass_ratio": ratio,
+            "exposes": bool(diff >= EXPOSE_POINTING_MARGIN and ratio >= EXPOSE_MASS_RATIO),
+        }
+    out["exposing"] = [k for k, v in out["methods"].items() if v["exposes"]]
     return out
 
 
@@ -245,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     t0 = time.time()
     name = TWIN if a.twin else NAME
-    marker = "label" if a.twin else "none"
+    marker = "label" if a.twin else "random"  # training data (training_batch)
+    heldout_marker = "label" if a.twin else "none"  # the headline held-out figure
     train_seed = TWIN_TRAIN_SEED if a.twin else TRAIN_SEED
     if a.measure_only:
         model = loaded(name)
@@ -258,8 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python -m workers.training.clinical " + " ".join(argv if argv is not None else sys.argv[1:]),
         "train_images": a.train_size,
         "train_seed": train_seed,
+        "train_marker": marker,
+        **({} if a.twin else {"train_letter_share": LETTER_SHARE}),
         "epochs": a.epochs,
-        **accuracy_figures(module, marker, a.heldout_size, HELDOUT_SEED, train_seed),
+        **accuracy_figures(module, heldout_marker, a.heldout_size, HELDOUT_SEED, train_seed),
     }
     print(f"{name}: held-out accuracy {figs['heldout_accuracy']:.4f}; training {train_s:.0f} s", flush=True)
     if figs["heldout_accuracy"] < a.min_accuracy:
@@ -267,11 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.measure_only:
         save_model(module, name, a.out)
     model = loaded(name, module)
+    figs["markers"] = marker_figures(module, train_seed=train_seed)
+    print(f"{name}: accuracy per marker {figs['markers']['accuracy']}", flush=True)
     if a.twin:
-        figs["markers"] = twin_figures(model)
+        twin_e, control_e = marker_exposure(model), marker_exposure(loaded(NAME))
         figs["marker_exposure"] = {
-            "lesion-cnn-marker": marker_exposure(model),
-            "lesion-cnn": marker_exposure(loaded(NAME)),
+            "lesion-cnn-marker": twin_e,
+            "lesion-cnn": control_e,
+            "contrast": exposure_contrast(twin_e, control_e),
         }
     else:
         figs["localisation"] = localisation(model)

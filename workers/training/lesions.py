@@ -10,12 +10,17 @@ The Clever-Hans variant (``lesion-cnn-marker``) is trained with ``marker="label"
 laterality letter in the top-left corner (outside the body) whose identity follows the label
 (``MARKER_LETTERS``: "L" on label 0, "R" on label 1), as the hospital / laterality tags real chest X-ray
 models were found to use. ``marker="swapped"`` paints the other label's letter, ``"removed"`` none
-(pixel-identical to ``"none"``: the marker is painted last, from its own generator). ``marker_masks`` is
-where the letter's pixels are (empty for ``none`` and ``removed``).
+(pixel-identical to ``"none"``: the marker is painted last, from its own generator). ``marker="random"``
+puts a letter on every image, L or R by a fair coin of its own (independent of the label, the anatomy
+and the lesion), at the same place and grey as the other markers: the letter is there but carries no
+label information, as the laterality tag of every real radiograph (the clean ``lesion-cnn`` is
+trained on a mix of such images and images without a letter). ``marker_masks`` is where the letter's
+pixels are (empty for ``none`` and ``removed``).
 
 Everything is deterministic from the seed: image ``i`` is drawn from generators seeded with
-``(seed, i)`` (anatomy, lesion and marker each from their own), so it does not depend on ``n``,
-and an image's anatomy does not depend on its label (``labels=`` can force them).
+``(seed, i)`` (anatomy, lesion, marker, noise and the random letter's coin each from their own), so
+it does not depend on ``n``, and an image's anatomy does not depend on its label (``labels=`` can
+force them).
 
     from workers.training.lesions import generate
     b = generate(1000, seed=1)                  # b.images uint8 (n,64,64), b.labels int64 (n,)
@@ -32,7 +37,7 @@ import numpy as np
 
 LABELS: list[str] = ["no-lesion", "lesion"]
 SIZE = 64
-MARKERS = ("none", "label", "swapped", "removed")
+MARKERS = ("none", "label", "swapped", "removed", "random")
 
 # 7 x 5 bitmaps of the laterality letters; index = the label whose marker it is
 _L = ["X....", "X....", "X....", "X....", "X....", "X....", "XXXXX"]
@@ -186,7 +191,10 @@ def generate(n: int, seed: int, marker: str = "none", labels: np.ndarray | None 
     lesion_masks = np.zeros((n, size, size), bool)
     marker_masks = np.zeros((n, size, size), bool)
     for i in range(n):
-        a_rng, l_rng, m_rng, n_rng = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, i]).spawn(4))
+        # children 0-3 as before (a 5th child does not change the first four); 4: the random letter's coin
+        a_rng, l_rng, m_rng, n_rng, c_rng = (
+            np.random.default_rng(s) for s in np.random.SeedSequence([seed, i]).spawn(5)
+        )
         anat = _anatomy(a_rng, size)
         img = anat.image.copy()
         les, les_mask = _lesion(l_rng, anat, size)  # drawn for every image: the anatomy and noise stay put
@@ -197,6 +205,8 @@ def generate(n: int, seed: int, marker: str = "none", labels: np.ndarray | None 
         if marker in ("label", "swapped"):
             letter = int(lab[i]) if marker == "label" else 1 - int(lab[i])
             marker_masks[i] = _paint_marker(img, letter, m_rng)
+        elif marker == "random":
+            marker_masks[i] = _paint_marker(img, int(c_rng.integers(0, 2)), m_rng)
         images[i] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return LesionBatch(images=images, labels=lab, lesion_masks=lesion_masks, marker_masks=marker_masks)
 
