@@ -33,7 +33,7 @@ def is_index(text: str) -> bool:
 
 
 IMAGE_DESCRIPTION = (
-    "base64 image file: PNG, JPEG, TIFF, GIF or DICOM; 8/16/32-bit grey, grey+alpha, RGB(A), palette or CMYK"
+    "base64 image file: PNG, JPEG, TIFF, GIF, BMP, WEBP or DICOM; 8/16/32-bit grey, grey+alpha, RGB(A), palette or CMYK"
 )
 COLORMAP_DESCRIPTION = "a matplotlib colour map name; default: bwr for signed maps, jet for unsigned ones"
 NORMALIZE_DESCRIPTION = "default: abs_max for signed maps (zero stays zero), minmax for unsigned ones"
@@ -193,7 +193,7 @@ class AppliedWindow(BaseModel):
 class ImageInfo(BaseModel):
     """What was read from the image sent, and how it was turned into pixels (no patient data)."""
 
-    format: str = Field(..., description="PNG, JPEG, TIFF, GIF or DICOM")
+    format: str = Field(..., description="PNG, JPEG, TIFF, GIF, BMP, WEBP or DICOM")
     mode: str = Field(..., description="the file's pixel mode (PIL mode, or DICOM photometric interpretation)")
     width: int = Field(..., description="after EXIF orientation")
     height: int
