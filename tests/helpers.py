@@ -14,6 +14,16 @@ from PIL import Image
 from schemas.registry import ModelEntry, load_registry
 from workers.models.loading import LoadedModel, load_model
 
+# cheap method settings for tests that run every method through the stack (defaults: the unit tests)
+FAST = {
+    "integrated_gradients": {"steps": 8},
+    "smoothgrad": {"samples": 4, "seed": 1},
+    "occlusion": {"window": 16, "stride": 16},
+    "lime": {"samples": 40, "segments": 12, "seed": 1},
+    "meaningful_perturbation": {"iterations": 4},
+    "adversarial": {"attack": "fgsm"},
+}
+
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 

@@ -11,20 +11,11 @@ import pytest
 
 from schemas.methods import CATALOG
 from tests.conftest import STACK_TORCHVISION
-from tests.helpers import png_b64, random_image
+from tests.helpers import FAST, png_b64, random_image
 from tests.test_service import assert_problem
 
 pytestmark = pytest.mark.integration
 
-# cheap settings so that the whole matrix stays fast; defaults are exercised in the unit tests
-FAST = {
-    "integrated_gradients": {"steps": 8},
-    "smoothgrad": {"samples": 4, "seed": 1},
-    "occlusion": {"window": 16, "stride": 16},
-    "lime": {"samples": 40, "segments": 12, "seed": 1},
-    "meaningful_perturbation": {"iterations": 4},
-    "adversarial": {"attack": "fgsm"},
-}
 MODELS = ["shapes-cnn", *STACK_TORCHVISION]
 STRUCTURE = ("lrp", "deep_taylor", "deeplift")
 # (model, method) -> a word the 422 must contain
