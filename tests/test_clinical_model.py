@@ -189,6 +189,38 @@ def test_twin_collapses_without_its_marker(twin):
         assert abs(v - fig["accuracy"][cond]) <= 0.05, (cond, v, fig)  # as committed (another seed)
 
 
+def test_control_ignores_the_letter(lesion):
+    """lesion-cnn saw letters that carry no label information: right with no letter, a random one, the
+    twin's (label) and the other label's (swapped) alike -- the control of the marker-exposure table."""
+    fig = committed("lesion-cnn")["markers"]["accuracy"]
+    acc = {}
+    for cond in MARKERS:
+        b = generate(400, FRESH_SEED, marker=cond)
+        acc[cond] = float((clinical.predict(lesion.module, b.images) == b.labels).mean())
+    print("control", acc, "committed", fig)
+    for cond, v in acc.items():
+        assert v >= 0.97, (cond, acc)
+        assert abs(v - fig[cond]) <= 0.03, (cond, v, fig)
+
+
+CHEAP = {"gradcam", "saliency", "integrated_gradients", "lrp", "guided_backprop", "deeplift", "fem"}
+
+
+def test_the_methods_that_expose_the_twin_do_so_on_fresh_images(lesion, twin):
+    """The committed contrast names the methods that expose the shortcut (twin vs control on the same
+    images, clinical.exposure_contrast); on images no script used they still do, by the same rule,
+    and the methods it says do not expose it are not turned into exposing ones by a fresh draw alone."""
+    fig = committed("lesion-cnn-marker")["marker_exposure"]["contrast"]
+    exposing = [m for m in fig["exposing"] if m in CHEAP]
+    assert exposing, fig
+    methods = [{"name": m} for m in exposing]
+    t = clinical.marker_exposure(twin, n=60, seed=FRESH_SEED, methods=methods)
+    c = clinical.marker_exposure(lesion, n=60, seed=FRESH_SEED, methods=methods)
+    got = clinical.exposure_contrast(t, c)
+    print("exposure on fresh images", {k: v for k, v in got["methods"].items()})
+    assert set(got["exposing"]) == set(exposing), got
+
+
 def test_generators_keep_and_flip_as_committed(lesion):
     from workers.explain import attribute
 
@@ -237,20 +269,10 @@ def lesion_client(tmp_path_factory):
         s.stop()
 
 
-FAST = {
-    "integrated_gradients": {"steps": 8},
-    "smoothgrad": {"samples": 4, "seed": 1},
-    "occlusion": {"window": 16, "stride": 16},
-    "lime": {"samples": 40, "segments": 12, "seed": 1},
-    "meaningful_perturbation": {"iterations": 4},
-    "adversarial": {"attack": "fgsm"},
-}
-
-
 @pytest.mark.integration
 def test_stack_serves_both_and_every_method_runs_on_lesion_cnn(lesion_client):
     from schemas.methods import CATALOG
-    from tests.helpers import png_b64
+    from tests.helpers import FAST, png_b64
 
     models = {m["name"]: m for m in lesion_client.get("/v1/models").json()["models"]}
     assert {"lesion-cnn", "lesion-cnn-marker"} <= set(models)
