@@ -33,7 +33,7 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, generate_uid
 
-from common import images  # images.decode dispatches here: the module, not its names (a cycle)
+from common.decoded import Decoded
 from common.window import Window
 from schemas.api import AppliedWindow, ImageInfo
 from schemas.problems import ImageProblem
@@ -346,7 +346,7 @@ def _voi_lut(item: Dataset, vals: np.ndarray) -> tuple[np.ndarray, AppliedWindow
 
 def decode_dicom(
     data: bytes, max_pixels: int, window: tuple[float, float] | None = None, frame: int | None = None
-) -> images.Decoded:
+) -> Decoded:
     """DICOM Part 10 bytes -> :class:`Decoded`: a mode ``F`` image in [0, 255] (grey) or 8-bit ``RGB``
     (colour), what was applied, and the file without its patient data as ``payload``. Raises only
     :class:`ImageProblem` with a fixed sentence, its cause dropped (``from None``), so that no traceback
@@ -359,7 +359,7 @@ def decode_dicom(
         raise _problem("DICOM file could not be decoded (unexpected content)") from None
 
 
-def _decode(data: bytes, max_pixels: int, window: tuple[float, float] | None, frame: int | None) -> images.Decoded:
+def _decode(data: bytes, max_pixels: int, window: tuple[float, float] | None, frame: int | None) -> Decoded:
     ds = _read(data, pixels=True)  # the values only: no pixel is decoded before the checks
     g = _Geometry(ds, max_pixels)
     _transfer_syntax(ds)
@@ -384,7 +384,7 @@ def _decode(data: bytes, max_pixels: int, window: tuple[float, float] | None, fr
             y = (255.0 - y).astype(np.float32)
         img = Image.fromarray(np.ascontiguousarray(y, dtype=np.float32))
         info.update(window=applied, rescale_slope=slope, rescale_intercept=intercept, inverted=inverted)
-    return images.Decoded(image=img, info=ImageInfo(**info), payload=deidentify(ds))
+    return Decoded(image=img, info=ImageInfo(**info), payload=deidentify(ds))
 
 
 def deidentify(ds: Dataset) -> bytes:

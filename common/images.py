@@ -11,11 +11,12 @@ import base64
 import binascii
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from common import dicom
+from common.decoded import Decoded
 from common.window import Window
 from schemas.api import AppliedWindow, ImageInfo
 from schemas.problems import ImageProblem
@@ -66,8 +67,6 @@ def _pixel_limit(w: int, h: int, max_pixels: int) -> None:
 def image_size(data: bytes | str, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the header, checked as :func:`decode` checks it, without decoding."""
     raw = b64_to_bytes(data) if isinstance(data, str) else data
-    from common import dicom  # lazily: common.dicom imports this module
-
     if dicom.is_dicom(raw):
         w, h = dicom.dicom_size(raw)
         _pixel_limit(w, h, max_pixels)
@@ -88,21 +87,6 @@ def grey_levels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float64)
 
 
-@dataclass
-class Decoded:
-    """An image as the service reads it.
-
-    ``image`` is mode ``L`` or ``RGB`` (8-bit files), or ``F`` holding grey levels in [0, 255] after
-    the window (high-bit-depth grey and DICOM), so ``/ 255`` puts every kind on the same scale;
-    ``info`` says what was read and applied (the response's ``image``); ``payload`` is what the job
-    carries to the worker instead of the bytes sent, where they differ (DICOM: the file without its
-    patient data), else None."""
-
-    image: Image.Image
-    info: ImageInfo
-    payload: bytes | None = None
-
-
 def decode(
     data: bytes | str, max_pixels: int, window: tuple[float, float] | None = None, frame: int | None = None
 ) -> Decoded:
@@ -110,8 +94,6 @@ def decode(
     fixed sentences naming the mode or format, no decoder text). ``window`` (centre, width) overrides the
     file's own; ``frame`` picks one frame of a multi-frame file (docs/images.md)."""
     raw = b64_to_bytes(data) if isinstance(data, str) else data
-    from common import dicom  # lazily: common.dicom imports this module
-
     if dicom.is_dicom(raw):
         return dicom.decode_dicom(raw, max_pixels, window, frame)
     img = open_checked(raw, max_pixels)

@@ -9,7 +9,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from common.images import Decoded, decode, decode_image
+from common.decoded import Decoded
+from common.images import decode, decode_image
 from schemas.api import MethodCall, is_index
 from schemas.cost import estimate, result_bytes
 from schemas.problems import MethodProblem, NotFound, OverBudget, PayloadTooLarge, Problem, TargetProblem

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 
-from common.images import Decoded
+from common.decoded import Decoded
 from schemas.api import CompareRequest, EvaluateRequest, ExplainRequest
 from schemas.queue import CompareJob, EvaluateJob, ExplainJob, new_job_id
 from service.admission import admit, check_cost, check_image, check_images, check_result
